@@ -1,0 +1,633 @@
+//! A run: the manifest's rows through the API and into the store, concurrently.
+//!
+//! The manifest is read on a blocking thread and handed over a bounded
+//! channel. Each new (type, requested id) gets a task; repeats wait for it
+//! and are reported as duplicates. Two limits shape the tasks:
+//!
+//! - at most `2 × concurrency` rows are in play, so up to `concurrency`
+//!   rows can hold a fresh URL, ready for the next free download slot, while
+//!   `concurrency` rows download. Resolving further ahead would only let
+//!   URLs age (they expire after 60 minutes) and spend API budget early;
+//! - at most `concurrency` downloads run at once.
+//!
+//! Every API call, wherever it comes from, passes the one [`ApiGate`].
+//! A failure is handed to [`retry::classify`] and the row does what it says.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::{Client, Url};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::api::{ApiClient, ApiError, ApiKey, Lease};
+use crate::fetch::{FetchError, Fetched, StorageClient};
+use crate::manifest::{Entry, InvalidRow, Kind, Manifest, ManifestError, Row};
+use crate::rate::{ApiGate, RateSpec};
+use crate::report::{Report, RowRecord, RowStatus, Summary};
+use crate::retry::{self, Decision, Failure, RetryBudget, RetryPolicy};
+use crate::store::{Store, StoreError};
+
+/// A signed URL is valid for 60 minutes; we start no download on one older
+/// than this, so that a slow start cannot meet an expired signature.
+pub const SAFE_LEASE_AGE: Duration = Duration::from_secs(50 * 60);
+
+/// Manifest entries read ahead of the tasks.
+const READ_AHEAD: usize = 1024;
+
+/// Everything a run needs. `Debug` shows no secret: the key is redacted.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub manifest: PathBuf,
+    pub out: PathBuf,
+    pub api_url: Url,
+    pub api_key: ApiKey,
+    pub rate: RateSpec,
+    pub concurrency: usize,
+    pub retry: RetryPolicy,
+    /// Fixes the backoff jitter, for tests; random when `None`.
+    pub jitter_seed: Option<u64>,
+}
+
+impl RunConfig {
+    /// A config with the documented defaults for everything but the
+    /// manifest, the output folder, the API and the key.
+    pub fn new(manifest: &Path, out: &Path, api_url: Url, api_key: ApiKey) -> RunConfig {
+        RunConfig {
+            manifest: manifest.to_path_buf(),
+            out: out.to_path_buf(),
+            api_url,
+            api_key,
+            rate: RateSpec::default(),
+            concurrency: 4,
+            retry: RetryPolicy::with_max_attempts(8),
+            jitter_seed: None,
+        }
+    }
+}
+
+/// Why a run could not start. A run that starts always ends with a report.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("output folder unusable: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot write the report in {}: {source}", path.display())]
+    Report { path: PathBuf, source: std::io::Error },
+    #[error("cannot set up the HTTP client: {0}")]
+    Http(#[source] reqwest::Error),
+}
+
+impl RunError {
+    /// Usage errors (exit 2) as opposed to a run that could not go on (1).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, RunError::Manifest(_))
+    }
+}
+
+/// What a finished (or stopped) run hands back.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub summary: Summary,
+    pub report_dir: PathBuf,
+}
+
+/// Runs the manifest to the end, or until something stops the whole run.
+pub async fn run(config: RunConfig) -> Result<RunOutcome, RunError> {
+    let manifest = Manifest::open(&config.manifest)?;
+    let store = Store::open(&config.out)?;
+    let (run_id, report) = open_report(&store, manifest.extra_columns())?;
+    let context = Arc::new(Context::new(&config, store, report)?);
+    info!(
+        run_id = %run_id,
+        manifest = %config.manifest.display(),
+        out = %config.out.display(),
+        rate = %config.rate,
+        concurrency = config.concurrency,
+        "run started"
+    );
+    let started = Instant::now();
+    dispatch(&context, read_in_background(manifest)).await;
+    let summary = context.summarize(run_id, started.elapsed());
+    let report_dir = context.finish_report(&summary)?;
+    log_summary(&summary);
+    Ok(RunOutcome { summary, report_dir })
+}
+
+/// A sortable, unique run id: the UTC start time, with a suffix in the rare
+/// case that two runs start in the same second.
+fn open_report(store: &Store, extra: &[String]) -> Result<(String, Report), RunError> {
+    let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
+    let runs = store.runs_dir();
+    for n in 1..=100 {
+        let run_id = if n == 1 { stamp.clone() } else { format!("{stamp}-{n}") };
+        let dir = runs.join(&run_id);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {
+                let report = Report::create(&runs, &run_id, extra)
+                    .map_err(|source| RunError::Report { path: dir, source })?;
+                return Ok((run_id, report));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(source) => return Err(RunError::Report { path: dir, source }),
+        }
+    }
+    let source = std::io::Error::other("a hundred runs already started this second");
+    Err(RunError::Report { path: runs, source })
+}
+
+/// Reads the manifest on a blocking thread, a bounded distance ahead.
+fn read_in_background(
+    manifest: Manifest<std::fs::File>,
+) -> mpsc::Receiver<Result<Entry, ManifestError>> {
+    let (sender, receiver) = mpsc::channel(READ_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        for entry in manifest {
+            // The run dropped the receiver: nobody wants the rest.
+            if sender.blocking_send(entry).is_err() {
+                return;
+            }
+        }
+    });
+    receiver
+}
+
+/// Hands each entry to the ledger or to a new task, then waits for them all.
+async fn dispatch(context: &Arc<Context>, mut entries: mpsc::Receiver<Result<Entry, ManifestError>>) {
+    let in_play = Arc::new(Semaphore::new(context.concurrency * 2));
+    let mut tasks = JoinSet::new();
+    let mut seq = 0u64;
+    while let Some(entry) = entries.recv().await {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(error) => {
+                context.stop_run(format!("cannot read the manifest: {error}"));
+                break;
+            }
+        };
+        let position = seq;
+        seq += 1;
+        let row = match entry {
+            Entry::Invalid(bad) => {
+                context.record(position, invalid_record(bad));
+                continue;
+            }
+            Entry::Valid(row) => row,
+        };
+        if !context.claim(&row, position) {
+            continue; // A duplicate: it is reported when the first finishes.
+        }
+        let permit = tokio::select! {
+            permit = in_play.clone().acquire_owned() => permit.expect("never closed"),
+            () = context.stop.cancelled() => {
+                context.finish_row(position, &row, RowResult::not_attempted(context));
+                continue;
+            }
+        };
+        tasks.spawn(row_task(context.clone(), row, position, permit));
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// One row from first API call to final outcome.
+async fn row_task(context: Arc<Context>, row: Row, position: u64, _permit: OwnedSemaphorePermit) {
+    let span = info_span!("row", line = row.line, kind = %row.kind, id = %row.requested_id());
+    let result = tokio::select! {
+        result = fetch_row(&context, &row).instrument(span) => result,
+        () = context.stop.cancelled() => RowResult::not_attempted(&context),
+    };
+    context.finish_row(position, &row, result);
+}
+
+/// Why one try of a row failed.
+enum TryError {
+    Api(ApiError),
+    Storage(FetchError),
+}
+
+impl TryError {
+    fn as_failure(&self) -> Failure<'_> {
+        match self {
+            TryError::Api(error) => Failure::Api(error),
+            TryError::Storage(error) => Failure::Storage(error),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            TryError::Api(error) => error.to_string(),
+            TryError::Storage(error) => error.to_string(),
+        }
+    }
+}
+
+/// A row's end, before it becomes a report line.
+struct RowResult {
+    status: RowStatus,
+    fetched: Option<Fetched>,
+    attempts: u32,
+    api_calls: u32,
+    error: String,
+}
+
+impl RowResult {
+    fn not_attempted(context: &Context) -> RowResult {
+        let reason = context.stop_reason().unwrap_or_else(|| "the run stopped".into());
+        RowResult {
+            status: RowStatus::Failed,
+            fetched: None,
+            attempts: 0,
+            api_calls: 0,
+            error: format!("not finished: {reason}"),
+        }
+    }
+}
+
+/// Tries a row until it is stored or the classifier says it is over.
+async fn fetch_row(context: &Context, row: &Row) -> RowResult {
+    let seed = context.jitter_seed ^ row.line;
+    let mut budget = RetryBudget::new(context.retry.clone(), seed);
+    let mut lease = None;
+    let mut api_calls = 0;
+    loop {
+        let error = match try_once(context, row, &mut lease, &mut api_calls).await {
+            Ok(fetched) => {
+                let attempts = budget.attempt();
+                return RowResult { status: RowStatus::Ok, fetched: Some(fetched), attempts, api_calls, error: String::new() };
+            }
+            Err(error) => error,
+        };
+        let end = |status, budget: &RetryBudget| RowResult {
+            status,
+            fetched: None,
+            attempts: budget.attempt(),
+            api_calls,
+            error: error.describe(),
+        };
+        match retry::classify(error.as_failure()) {
+            Decision::Retry => {
+                let Some(delay) = budget.next_delay() else {
+                    return end(RowStatus::Failed, &budget);
+                };
+                context.retries.fetch_add(1, Ordering::Relaxed);
+                info!(
+                    attempt = budget.attempt(),
+                    max = budget.max_attempts(),
+                    wait_ms = delay.as_millis() as u64,
+                    error = %error.describe(),
+                    "retrying"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            Decision::RateLimited { wait } => {
+                context.api.gate().pause_for(wait);
+                warn!(wait_s = wait.as_secs_f64(), "API rate limit hit: pausing every API call");
+                if !budget.take_rate_limited() {
+                    return end(RowStatus::Failed, &budget);
+                }
+            }
+            Decision::Reresolve => {
+                info!(error = %error.describe(), "storage refused the URL: asking for a fresh one");
+                lease = None;
+                if !budget.take_reresolve() {
+                    return end(RowStatus::Failed, &budget);
+                }
+            }
+            Decision::EndRow(status) => return end(status, &budget),
+            Decision::StopRun => {
+                let result = end(RowStatus::Failed, &budget);
+                context.stop_run(stop_reason(&error));
+                return result;
+            }
+        }
+    }
+}
+
+fn stop_reason(error: &TryError) -> String {
+    match error {
+        TryError::Api(ApiError::Status { status, .. }) if status.as_u16() == 401 => {
+            "the API refused the key (401 Unauthorized): check IDENTIFAI_API_KEY or --api-key-file"
+                .to_owned()
+        }
+        other => other.describe(),
+    }
+}
+
+/// One try: a URL (reused while fresh), a download slot, the download.
+async fn try_once(
+    context: &Context,
+    row: &Row,
+    lease: &mut Option<Lease>,
+    api_calls: &mut u32,
+) -> Result<Fetched, TryError> {
+    let mut current = match lease.take() {
+        Some(fresh) if fresh.age() < SAFE_LEASE_AGE => fresh,
+        _ => resolve(context, row, api_calls).await?,
+    };
+    let _slot = context.downloads.acquire().await.expect("never closed");
+    // The wait for a slot can be long when large files are downloading.
+    if current.age() >= SAFE_LEASE_AGE {
+        current = resolve(context, row, api_calls).await?;
+    }
+    let result = context.storage.fetch(&current, &context.store).await;
+    *lease = Some(current);
+    let fetched = result.map_err(TryError::Storage)?;
+    context.bytes.fetch_add(fetched.bytes, Ordering::Relaxed);
+    Ok(fetched)
+}
+
+async fn resolve(context: &Context, row: &Row, api_calls: &mut u32) -> Result<Lease, TryError> {
+    *api_calls += 1;
+    context.api.resolve(row.kind, row.requested_id()).await.map_err(TryError::Api)
+}
+
+/// The key rows are deduplicated by: what the API is asked for.
+type RowKey = (Kind, String);
+
+fn row_key(row: &Row) -> RowKey {
+    (row.kind, row.requested_id().to_owned())
+}
+
+/// What the run knows of a key: still being fetched (with the duplicates
+/// waiting on it), or finished.
+enum KeyState {
+    Pending { waiting: Vec<(u64, Row)> },
+    Done(Settled),
+}
+
+/// A finished key, kept so that later duplicates can be answered at once.
+#[derive(Clone)]
+struct Settled {
+    line: u64,
+    status: RowStatus,
+    fetched: Option<Fetched>,
+    error: String,
+}
+
+/// State shared by the tasks: clients, limits, the report and the tallies.
+struct Context {
+    api: ApiClient,
+    storage: StorageClient,
+    store: Store,
+    retry: RetryPolicy,
+    jitter_seed: u64,
+    concurrency: usize,
+    downloads: Semaphore,
+    stop: CancellationToken,
+    ledger: Mutex<Ledger>,
+    bytes: AtomicU64,
+    retries: AtomicU64,
+}
+
+struct Ledger {
+    /// Taken out when the run finishes.
+    report: Option<Report>,
+    keys: HashMap<RowKey, KeyState>,
+    rows: u64,
+    stop_reason: Option<String>,
+    report_error: Option<std::io::Error>,
+}
+
+impl Context {
+    fn new(config: &RunConfig, store: Store, report: Report) -> Result<Context, RunError> {
+        let gate = Arc::new(ApiGate::new(&config.rate));
+        let api_http = http_client(Some(Duration::from_secs(60))).map_err(RunError::Http)?;
+        // No overall timeout for storage: a 5 GB video takes what it takes;
+        // the read timeout still catches a stalled body.
+        let storage_http = http_client(None).map_err(RunError::Http)?;
+        let concurrency = config.concurrency.max(1);
+        Ok(Context {
+            api: ApiClient::new(api_http, config.api_url.clone(), config.api_key.clone(), gate),
+            storage: StorageClient::new(storage_http),
+            store,
+            retry: config.retry.clone(),
+            jitter_seed: config.jitter_seed.unwrap_or_else(|| fastrand::u64(..)),
+            concurrency,
+            downloads: Semaphore::new(concurrency),
+            stop: CancellationToken::new(),
+            ledger: Mutex::new(Ledger {
+                report: Some(report),
+                keys: HashMap::new(),
+                rows: 0,
+                stop_reason: None,
+                report_error: None,
+            }),
+            bytes: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+        })
+    }
+
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().expect("ledger lock poisoned")
+    }
+
+    /// Stops the whole run: no new rows start and running rows end.
+    fn stop_run(&self, reason: String) {
+        let mut ledger = self.ledger();
+        if ledger.stop_reason.is_none() {
+            warn!(reason = %reason, "stopping the run");
+            ledger.stop_reason = Some(reason);
+        }
+        drop(ledger);
+        self.stop.cancel();
+    }
+
+    fn stop_reason(&self) -> Option<String> {
+        self.ledger().stop_reason.clone()
+    }
+
+    /// Registers a row's key; false if an earlier row already asked for it,
+    /// in which case this row is answered when that one finishes.
+    fn claim(&self, row: &Row, position: u64) -> bool {
+        let mut ledger = self.ledger();
+        match ledger.keys.get_mut(&row_key(row)) {
+            None => {
+                ledger.keys.insert(row_key(row), KeyState::Pending { waiting: Vec::new() });
+                true
+            }
+            Some(KeyState::Pending { waiting }) => {
+                waiting.push((position, row.clone()));
+                false
+            }
+            Some(KeyState::Done(settled)) => {
+                let record = duplicate_record(row, settled);
+                ledger.submit(position, record);
+                false
+            }
+        }
+    }
+
+    fn record(&self, position: u64, record: RowRecord) {
+        self.ledger().submit(position, record);
+    }
+
+    /// Reports a row that was fetched (or not), and every duplicate that
+    /// waited on it.
+    fn finish_row(&self, position: u64, row: &Row, result: RowResult) {
+        let settled = Settled {
+            line: row.line,
+            status: result.status,
+            fetched: result.fetched.clone(),
+            error: result.error.clone(),
+        };
+        let mut ledger = self.ledger();
+        ledger.submit(position, row_record(row, &result));
+        let previous = ledger.keys.insert(row_key(row), KeyState::Done(settled.clone()));
+        if let Some(KeyState::Pending { waiting }) = previous {
+            for (position, duplicate) in waiting {
+                ledger.submit(position, duplicate_record(&duplicate, &settled));
+            }
+        }
+    }
+
+    fn summarize(&self, run_id: String, elapsed: Duration) -> Summary {
+        let ledger = self.ledger();
+        let gate = self.api.gate();
+        Summary {
+            run_id,
+            rows: ledger.rows,
+            by_status: ledger.report.as_ref().map(Report::counts).unwrap_or_default(),
+            bytes_downloaded: self.bytes.load(Ordering::Relaxed),
+            api_calls: gate.calls(),
+            rate_limited: gate.rate_limited(),
+            retries: self.retries.load(Ordering::Relaxed),
+            elapsed_seconds: elapsed.as_secs_f64(),
+            api_calls_per_second: gate.calls_per_second(),
+            stopped: ledger.stop_reason.clone(),
+        }
+    }
+
+    fn finish_report(&self, summary: &Summary) -> Result<PathBuf, RunError> {
+        let mut ledger = self.ledger();
+        let report = ledger.report.take().expect("the report is finished once");
+        let dir = report.dir().to_path_buf();
+        let failed = |source| RunError::Report { path: dir.clone(), source };
+        if let Some(error) = ledger.report_error.take() {
+            return Err(failed(error));
+        }
+        report.finish(summary).map_err(failed)
+    }
+}
+
+impl Ledger {
+    fn submit(&mut self, position: u64, record: RowRecord) {
+        self.rows += 1;
+        let report = self.report.as_mut().expect("no row is reported after the end");
+        if let Err(error) = report.submit(position, record) {
+            // Keep the first error; the run ends with it after the rows.
+            self.report_error.get_or_insert(error);
+        }
+    }
+}
+
+fn http_client(total_timeout: Option<Duration>) -> reqwest::Result<Client> {
+    let builder = Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("identifai-fetch/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(15))
+        .read_timeout(Duration::from_secs(60));
+    match total_timeout {
+        Some(timeout) => builder.timeout(timeout),
+        None => builder,
+    }
+    .build()
+}
+
+fn row_record(row: &Row, result: &RowResult) -> RowRecord {
+    let mut record = base_record(row, result.status);
+    record.attempts = result.attempts;
+    record.api_calls = result.api_calls;
+    record.error = result.error.clone();
+    if let Some(fetched) = &result.fetched {
+        fill_object(&mut record, fetched);
+    }
+    record
+}
+
+fn duplicate_record(row: &Row, first: &Settled) -> RowRecord {
+    match &first.fetched {
+        Some(fetched) => {
+            let mut record = base_record(row, RowStatus::Duplicate);
+            fill_object(&mut record, fetched);
+            record.error = format!("same file as line {}", first.line);
+            record
+        }
+        None => {
+            let mut record = base_record(row, first.status);
+            record.error = format!("same request as line {}: {}", first.line, first.error);
+            record
+        }
+    }
+}
+
+fn fill_object(record: &mut RowRecord, fetched: &Fetched) {
+    record.sha256 = fetched.sha256.clone();
+    record.bytes = Some(fetched.bytes);
+    record.content_type = fetched.content_type.clone().unwrap_or_default();
+    record.object = fetched.object.to_string_lossy().into_owned();
+}
+
+fn base_record(row: &Row, status: RowStatus) -> RowRecord {
+    RowRecord {
+        line: row.line,
+        kind: row.kind.as_str().to_owned(),
+        identifier: row.identifier.clone(),
+        frame_or_track_id: row.frame_or_track_id.clone().unwrap_or_default(),
+        status,
+        sha256: String::new(),
+        bytes: None,
+        content_type: String::new(),
+        object: String::new(),
+        attempts: 0,
+        api_calls: 0,
+        error: String::new(),
+        extra: row.extra.clone(),
+    }
+}
+
+fn invalid_record(bad: InvalidRow) -> RowRecord {
+    RowRecord {
+        line: bad.line,
+        kind: bad.kind,
+        identifier: bad.identifier,
+        frame_or_track_id: bad.frame_or_track_id,
+        status: RowStatus::Invalid,
+        sha256: String::new(),
+        bytes: None,
+        content_type: String::new(),
+        object: String::new(),
+        attempts: 0,
+        api_calls: 0,
+        error: bad.reason,
+        extra: bad.extra,
+    }
+}
+
+fn log_summary(summary: &Summary) {
+    let counts: Vec<String> = summary
+        .by_status
+        .iter()
+        .filter(|(_, count)| **count > 0)
+        .map(|(status, count)| format!("{status}={count}"))
+        .collect();
+    info!(
+        run_id = %summary.run_id,
+        rows = summary.rows,
+        statuses = %counts.join(" "),
+        bytes = summary.bytes_downloaded,
+        api_calls = summary.api_calls,
+        rate_limited = summary.rate_limited,
+        retries = summary.retries,
+        elapsed_s = format!("{:.1}", summary.elapsed_seconds),
+        api_rate = format!("{:.3}/s", summary.api_calls_per_second),
+        "run finished"
+    );
+}
