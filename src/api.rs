@@ -21,7 +21,8 @@ use crate::retry;
 
 /// Everything but RFC 3986's unreserved characters is escaped, so an
 /// identifier always stays one path segment: `/`, `?`, `#` and `%` included.
-const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const PATH_SEGMENT: &AsciiSet =
+    &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// How much of an error body we keep for the report.
 const BODY_EXCERPT_CHARS: usize = 200;
@@ -43,9 +44,8 @@ impl ApiKey {
     pub fn from_file(path: &Path) -> Result<ApiKey, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read the API key file {}: {e}", path.display()))?;
-        ApiKey::new(&text).ok_or_else(|| {
-            format!("the API key file {} holds no usable key", path.display())
-        })
+        ApiKey::new(&text)
+            .ok_or_else(|| format!("the API key file {} holds no usable key", path.display()))
     }
 
     fn header_value(&self) -> HeaderValue {

@@ -44,7 +44,8 @@ pub enum Command {
     #[command(after_help = format!("{RUN_EXAMPLES}\n\n{EXIT_CODES}"))]
     Run(RunArgs),
     /// Run the built-in IdentifAI API simulator, to try the tool without an account.
-    #[command(after_help = "Example:\n  identifai-fetch simulate --port 8417")]
+    #[command(after_help = "Examples:\n  identifai-fetch simulate --port 8417\n  \
+        identifai-fetch simulate --limits 100/s --size big-video=2147483648")]
     Simulate(SimulateArgs),
     /// Start the simulator and download the demo manifest into ./demo-out.
     #[command(after_help = format!("Example:\n  cargo run --release -- demo\n\n{EXIT_CODES}"))]
@@ -97,6 +98,25 @@ pub struct SimulateArgs {
     /// The port to listen on, on 127.0.0.1 (0 picks a free one).
     #[arg(long, default_value_t = 8417)]
     pub port: u16,
+
+    /// The limits the simulated API enforces per key, in fixed windows.
+    #[arg(long, value_name = "SPEC", default_value = "2/s,60/min")]
+    pub limits: RateSpec,
+
+    /// Serve this identifier with this many bytes (repeatable), e.g.
+    /// `--size big-video=2147483648`.
+    #[arg(long, value_name = "ID=BYTES", value_parser = parse_size)]
+    pub size: Vec<(String, u64)>,
+
+    /// Answer 404 for this identifier (repeatable).
+    #[arg(long, value_name = "ID")]
+    pub not_found: Vec<String>,
+}
+
+fn parse_size(text: &str) -> Result<(String, u64), String> {
+    let (id, bytes) = text.rsplit_once('=').ok_or("expected ID=BYTES")?;
+    let bytes = bytes.parse().map_err(|_| format!("{bytes:?} is not a number of bytes"))?;
+    Ok((id.to_owned(), bytes))
 }
 
 #[derive(Debug, Args)]
@@ -128,9 +148,10 @@ mod tests {
 
     #[test]
     fn a_bad_rate_names_the_option() {
-        let error = Cli::try_parse_from(["identifai-fetch", "run", "m", "--out", "o", "--rate", "5/day"])
-            .unwrap_err()
-            .to_string();
+        let error =
+            Cli::try_parse_from(["identifai-fetch", "run", "m", "--out", "o", "--rate", "5/day"])
+                .unwrap_err()
+                .to_string();
         assert!(error.contains("--rate") && error.contains("5/day"), "{error}");
     }
 }

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use crate::api::ApiKey;
+use crate::report::{RowStatus, Summary};
 use crate::run::{RunConfig, RunError, RunOutcome, run};
 use crate::simulator::{SimConfig, Simulator};
 
@@ -30,4 +31,12 @@ pub async fn run_demo(out: &Path) -> std::io::Result<Result<RunOutcome, RunError
     let outcome = run(config).await;
     simulator.shutdown().await;
     Ok(outcome)
+}
+
+/// Whether a demo run went as designed: every row stored but the one that
+/// the simulator deliberately answers 404.
+pub fn went_as_designed(summary: &Summary) -> bool {
+    summary.stopped.is_none()
+        && summary.count(RowStatus::NotFound) == 1
+        && summary.count_succeeded() + 1 == summary.rows
 }

@@ -74,12 +74,8 @@ impl StorageClient {
 
     /// Downloads the lease's URL into `store`.
     pub async fn fetch(&self, lease: &Lease, store: &Store) -> Result<Fetched, FetchError> {
-        let response = self
-            .http
-            .get(lease.url.clone())
-            .send()
-            .await
-            .map_err(FetchError::Transport)?;
+        let response =
+            self.http.get(lease.url.clone()).send().await.map_err(FetchError::Transport)?;
         let status = response.status();
         if status.is_redirection() {
             return Err(FetchError::Redirected { status });

@@ -11,7 +11,7 @@ use identifai_fetch::cli::{Cli, Command, RunArgs, SimulateArgs};
 use identifai_fetch::demo;
 use identifai_fetch::retry::RetryPolicy;
 use identifai_fetch::run::{RunConfig, RunError, RunOutcome, run};
-use identifai_fetch::simulator::{SimConfig, Simulator};
+use identifai_fetch::simulator::{SimConfig, Simulator, WindowLimit};
 use tracing_subscriber::EnvFilter;
 
 /// Exit codes, as `--help` and the README document them.
@@ -76,8 +76,8 @@ fn api_key(args: &RunArgs) -> Result<ApiKey, String> {
 
 fn exit_code(result: Result<RunOutcome, RunError>) -> ExitCode {
     match result {
-        Err(error) if error.is_usage() => fail(EXIT_USAGE, &error.to_string()),
-        Err(error) => fail(EXIT_RUN_STOPPED, &error.to_string()),
+        Err(error) if error.is_usage() => fail(EXIT_USAGE, &with_causes(&error)),
+        Err(error) => fail(EXIT_RUN_STOPPED, &with_causes(&error)),
         Ok(outcome) => {
             let report = outcome.report_dir.join("report.csv");
             println!("report: {}", report.display());
@@ -88,11 +88,30 @@ fn exit_code(result: Result<RunOutcome, RunError>) -> ExitCode {
                 ExitCode::SUCCESS
             } else {
                 let failed = summary.rows - summary.count_succeeded();
-                eprintln!("{failed} of {} rows did not succeed; see {}", summary.rows, report.display());
+                eprintln!(
+                    "{failed} of {} rows did not succeed; see {}",
+                    summary.rows,
+                    report.display()
+                );
                 ExitCode::from(EXIT_ROWS_FAILED)
             }
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: some messages
+/// already quote their cause.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn fail(code: u8, message: &str) -> ExitCode {
@@ -102,9 +121,15 @@ fn fail(code: u8, message: &str) -> ExitCode {
 
 async fn simulate_command(args: SimulateArgs) -> ExitCode {
     let address = std::net::SocketAddr::from(([127, 0, 0, 1], args.port));
-    let simulator = match Simulator::start_on(SimConfig::default(), address).await {
+    let limits = args.limits.limits().iter().map(|l| WindowLimit::new(l.calls, l.window));
+    let mut config = SimConfig { limits: limits.collect(), ..SimConfig::default() };
+    config.sizes.extend(args.size);
+    config.not_found.extend(args.not_found);
+    let simulator = match Simulator::start_on(config, address).await {
         Ok(simulator) => simulator,
-        Err(error) => return fail(EXIT_RUN_STOPPED, &format!("cannot listen on {address}: {error}")),
+        Err(error) => {
+            return fail(EXIT_RUN_STOPPED, &format!("cannot listen on {address}: {error}"));
+        }
     };
     println!("IdentifAI simulator listening on {}", simulator.api_url());
     println!("API key: {}", simulator.api_key());
@@ -121,6 +146,13 @@ async fn simulate_command(args: SimulateArgs) -> ExitCode {
 
 async fn demo_command(out: &std::path::Path) -> ExitCode {
     match demo::run_demo(out).await.context("the demo could not run") {
+        Ok(Ok(outcome)) if demo::went_as_designed(&outcome.summary) => {
+            let report = outcome.report_dir.join("report.csv");
+            println!("demo done: {} rows, one deliberately missing (404)", outcome.summary.rows);
+            println!("report: {}", report.display());
+            println!("files:  {}", out.join("objects").display());
+            ExitCode::SUCCESS
+        }
         Ok(result) => exit_code(result),
         Err(error) => fail(EXIT_RUN_STOPPED, &format!("{error:#}")),
     }

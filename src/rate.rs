@@ -98,10 +98,7 @@ impl FromStr for RateSpec {
 
     /// Parses `N/s`, `N/min`, `N/h`, comma separated, e.g. `2/s,60/min`.
     fn from_str(text: &str) -> Result<Self, String> {
-        let limits = text
-            .split(',')
-            .map(parse_limit)
-            .collect::<Result<Vec<_>, _>>()?;
+        let limits = text.split(',').map(parse_limit).collect::<Result<Vec<_>, _>>()?;
         Ok(RateSpec { limits })
     }
 }

@@ -178,7 +178,10 @@ impl Report {
 
     /// Rows counted so far, by status.
     pub fn counts(&self) -> BTreeMap<&'static str, u64> {
-        RowStatus::ALL.iter().map(|s| (s.as_str(), self.counts.get(s).copied().unwrap_or(0))).collect()
+        RowStatus::ALL
+            .iter()
+            .map(|s| (s.as_str(), self.counts.get(s).copied().unwrap_or(0)))
+            .collect()
     }
 
     fn write(&mut self, record: &RowRecord) -> io::Result<()> {

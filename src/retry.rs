@@ -61,9 +61,9 @@ fn classify_api(error: &ApiError) -> Decision {
     match error {
         ApiError::Status { status, retry_after, .. } => match *status {
             // The budget is per key: every row must wait, not just this one.
-            StatusCode::TOO_MANY_REQUESTS => Decision::RateLimited {
-                wait: retry_after.unwrap_or(DEFAULT_RATE_LIMIT_WAIT),
-            },
+            StatusCode::TOO_MANY_REQUESTS => {
+                Decision::RateLimited { wait: retry_after.unwrap_or(DEFAULT_RATE_LIMIT_WAIT) }
+            }
             // A refused key fails every row the same way: retrying them all
             // would only hammer the API.
             StatusCode::UNAUTHORIZED => Decision::StopRun,

@@ -160,7 +160,10 @@ fn read_in_background(
 }
 
 /// Hands each entry to the ledger or to a new task, then waits for them all.
-async fn dispatch(context: &Arc<Context>, mut entries: mpsc::Receiver<Result<Entry, ManifestError>>) {
+async fn dispatch(
+    context: &Arc<Context>,
+    mut entries: mpsc::Receiver<Result<Entry, ManifestError>>,
+) {
     let in_play = Arc::new(Semaphore::new(context.concurrency * 2));
     let mut tasks = JoinSet::new();
     let mut seq = 0u64;
@@ -261,7 +264,13 @@ async fn fetch_row(context: &Context, row: &Row) -> RowResult {
         let error = match try_once(context, row, &mut lease, &mut api_calls).await {
             Ok(fetched) => {
                 let attempts = budget.attempt();
-                return RowResult { status: RowStatus::Ok, fetched: Some(fetched), attempts, api_calls, error: String::new() };
+                return RowResult {
+                    status: RowStatus::Ok,
+                    fetched: Some(fetched),
+                    attempts,
+                    api_calls,
+                    error: String::new(),
+                };
             }
             Err(error) => error,
         };
