@@ -1,6 +1,7 @@
 //! The command line: subcommands, options and the help text that teaches them.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use reqwest::Url;
@@ -14,7 +15,9 @@ Exit codes:
      folder is not writable, a disk or I/O error
   2  usage or configuration error: a bad option, no API key, a manifest
      without the required columns
-  3  the run finished but some rows did not succeed; the report says which";
+  3  the run finished but some rows did not succeed; the report says which
+  4  the run was stopped (SIGINT, SIGTERM or --deadline); run it again to resume
+  5  another run holds the output folder's lock";
 
 const RUN_EXAMPLES: &str = "\
 Examples:
@@ -58,7 +61,7 @@ pub struct RunArgs {
     /// `frame_or_track_id`; other columns are carried into the report.
     pub manifest: PathBuf,
 
-    /// The output folder: objects/, runs/<run-id>/ reports and tmp/ go here.
+    /// The output folder: `objects/`, `runs/<run-id>/` reports and `tmp/` go here.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
 
@@ -91,6 +94,23 @@ pub struct Tuning {
     #[arg(long, value_name = "N", default_value_t = 8,
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
+
+    /// After SIGINT, SIGTERM or the deadline, how long downloads in flight
+    /// may take to finish before they are stopped (their partial files are
+    /// kept and resumed next time).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub grace: Duration,
+
+    /// Stop gracefully after this long, e.g. `6h` to fit a cron window.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub deadline: Option<Duration>,
+}
+
+/// Durations such as `30s`, `90m`, `6h` or `1h30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration such as 30s, 90m or 6h");
+    let signed: jiff::SignedDuration = text.trim().parse().map_err(|_| bad())?;
+    Duration::try_from(signed).map_err(|_| bad())
 }
 
 #[derive(Debug, Args)]
@@ -144,6 +164,18 @@ mod tests {
         assert_eq!(args.tuning.rate, RateSpec::default());
         assert_eq!(args.tuning.concurrency, 4);
         assert_eq!(args.tuning.max_attempts, 8);
+        assert_eq!(args.tuning.grace, Duration::from_secs(30));
+        assert_eq!(args.tuning.deadline, None);
+    }
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        assert_eq!(parse_duration("6h"), Ok(Duration::from_secs(6 * 3600)));
+        assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(90 * 60)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(90 * 60)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-5m").is_err());
     }
 
     #[test]

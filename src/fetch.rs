@@ -1,4 +1,5 @@
-//! The storage client: streams a lease's body into the store while hashing.
+//! The storage client: streams a lease's body into the store while hashing,
+//! resuming a download that was cut off where it stopped.
 //!
 //! Storage requests go through their own HTTP client, with no default
 //! headers and no API key: a signed URL is its own credential, and the
@@ -6,20 +7,33 @@
 //! whole: network chunks pass through a small bounded channel to a blocking
 //! thread that hashes and writes them, so memory stays flat however large the
 //! file, and the async workers never wait on the disk.
+//!
+//! A download in progress lives in the store as a partial file plus a record
+//! of the storage host's validators (ETag, Last-Modified), the length, and
+//! how many bytes are known durable. The next attempt, in this run or a later
+//! one, asks for the rest with `Range` and `If-Range`; the host answers 206
+//! with the rest of the same file, or 200 with a new one, which starts over.
+//! The hash always covers the whole file: the kept prefix is read back first.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use reqwest::header::CONTENT_TYPE;
-use reqwest::{Client, StatusCode};
+use reqwest::header::{
+    CONTENT_RANGE, CONTENT_TYPE, ETAG, HeaderMap, IF_RANGE, LAST_MODIFIED, RANGE,
+};
+use reqwest::{Client, Response, StatusCode};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::api::{Lease, body_excerpt, describe_transport};
-use crate::store::{Store, StoreError, TempObject};
+use crate::manifest::Kind;
+use crate::store::{Partial, PartialMeta, Store, StoreError};
 
 /// Chunks in flight between the network and the disk writer. With hyper's
 /// chunks of at most a few tens of KiB this caps the buffer at a few MiB.
@@ -27,6 +41,12 @@ const CHUNKS_IN_FLIGHT: usize = 64;
 
 /// The writer's buffer: large writes keep the syscall count low.
 const WRITE_BUFFER: usize = 1 << 20;
+
+/// How often the writer makes its bytes durable and records how far it got:
+/// after this many bytes, or when the body goes quiet for a moment. A crash
+/// loses at most this much of a download.
+const CHECKPOINT_BYTES: u64 = 32 << 20;
+const CHECKPOINT_IDLE: Duration = Duration::from_millis(500);
 
 /// A file safely in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +56,8 @@ pub struct Fetched {
     pub content_type: Option<String>,
     /// Relative to the store root.
     pub object: PathBuf,
+    /// Where this attempt started: non-zero when it resumed a partial file.
+    pub resumed_from: u64,
 }
 
 /// What can go wrong fetching a signed URL.
@@ -49,8 +71,10 @@ pub enum FetchError {
     Transport(#[source] reqwest::Error),
     #[error("body cut short: {received} of {expected} bytes")]
     Truncated { expected: u64, received: u64 },
+    #[error("storage would not continue the partial download ({reason}); starting over")]
+    ResumeRefused { reason: String },
     #[error("cannot write {}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io { path: PathBuf, source: io::Error },
 }
 
 impl From<StoreError> for FetchError {
@@ -63,98 +87,231 @@ impl From<StoreError> for FetchError {
 #[derive(Debug, Clone)]
 pub struct StorageClient {
     http: Client,
+    received: Arc<AtomicU64>,
 }
 
 impl StorageClient {
     /// `http` must carry no default headers: it talks to a host that must
     /// never see anything meant for the API.
     pub fn new(http: Client) -> StorageClient {
-        StorageClient { http }
+        StorageClient { http, received: Arc::default() }
     }
 
-    /// Downloads the lease's URL into `store`.
-    pub async fn fetch(&self, lease: &Lease, store: &Store) -> Result<Fetched, FetchError> {
-        let response =
-            self.http.get(lease.url.clone()).send().await.map_err(FetchError::Transport)?;
-        let status = response.status();
-        if status.is_redirection() {
-            return Err(FetchError::Redirected { status });
+    /// Body bytes received so far, finished or not: what the network carried.
+    pub fn received_bytes(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Downloads the lease's URL into `store`, resuming the request's
+    /// partial file when there is one.
+    pub async fn fetch(
+        &self,
+        lease: &Lease,
+        store: &Store,
+        kind: Kind,
+        id: &str,
+    ) -> Result<Fetched, FetchError> {
+        let partial = store.partial(kind, id);
+        let resume = partial.resume_point();
+        let mut request = self.http.get(lease.url.clone());
+        if let Some((meta, offset)) = &resume {
+            let validator = meta.validator().expect("resume points have a validator");
+            request = request.header(RANGE, format!("bytes={offset}-")).header(IF_RANGE, validator);
         }
-        if status != StatusCode::OK {
-            let body = body_excerpt(response).await;
-            return Err(FetchError::Status { status, body });
-        }
-        let expected = response.content_length();
-        let content_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned);
-        let mut temp = store.create_temp()?;
-        let (sha256, bytes) = stream_to(&mut temp, response).await?;
-        if let Some(expected) = expected.filter(|&expected| expected != bytes) {
+        let response = request.send().await.map_err(FetchError::Transport)?;
+        let (meta, offset) = match start_from(&partial, resume, &response)? {
+            Some(start) => start,
+            None => return Err(refusal(response).await),
+        };
+        let content_type = header_text(response.headers(), CONTENT_TYPE);
+        let file = if offset == 0 { partial.begin(&meta)? } else { partial.reopen(offset)? };
+        let sink = Sink { file, partial: partial.clone(), meta, offset };
+        let length = sink.meta.length;
+        let (sha256, bytes) = self.stream_to(sink, response).await?;
+        if let Some(expected) = length.filter(|&expected| expected != bytes) {
             return Err(FetchError::Truncated { expected, received: bytes });
         }
         let committing = store.clone();
         let hex = sha256.clone();
-        let object = tokio::task::spawn_blocking(move || committing.commit(temp, &hex))
+        let object = tokio::task::spawn_blocking(move || committing.commit(&partial, &hex))
             .await
             .expect("the commit thread does not panic")?;
-        Ok(Fetched { sha256, bytes, content_type, object })
+        Ok(Fetched { sha256, bytes, content_type, object, resumed_from: offset })
     }
-}
 
-/// Streams the body into the temp file; returns the hex SHA-256 and length.
-async fn stream_to(
-    temp: &mut TempObject,
-    response: reqwest::Response,
-) -> Result<(String, u64), FetchError> {
-    let (sender, receiver) = mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT);
-    let file = temp.take_file();
-    let path = temp.path().to_path_buf();
-    let writer = tokio::task::spawn_blocking(move || hash_and_write(file, receiver));
-    let mut body = response.bytes_stream();
-    let mut network_error = None;
-    while let Some(chunk) = body.next().await {
-        match chunk {
-            // A closed channel means the writer failed; its error says why.
-            Ok(chunk) => {
-                if sender.send(chunk).await.is_err() {
+    /// Streams the body into the sink; returns the hex SHA-256 of the whole
+    /// file and its length.
+    async fn stream_to(&self, sink: Sink, response: Response) -> Result<(String, u64), FetchError> {
+        let (sender, receiver) = mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT);
+        let path = sink.partial.data_path().to_path_buf();
+        let runtime = tokio::runtime::Handle::current();
+        let writer = tokio::task::spawn_blocking(move || sink.drain(receiver, &runtime));
+        let mut body = response.bytes_stream();
+        let mut network_error = None;
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(chunk) => {
+                    self.received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    // A closed channel means the writer failed; its error says why.
+                    if sender.send(chunk).await.is_err() {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    network_error = Some(FetchError::Transport(error));
                     break;
                 }
             }
-            Err(error) => {
-                network_error = Some(FetchError::Transport(error));
-                break;
-            }
         }
-    }
-    drop(sender);
-    let written = writer.await.expect("the writer thread does not panic");
-    let (file, digest, bytes) = written.map_err(|source| FetchError::Io { path, source })?;
-    temp.put_file(file);
-    match network_error {
-        Some(error) => Err(error),
-        None => Ok((hex(&digest), bytes)),
+        drop(sender);
+        let written = writer.await.expect("the writer thread does not panic");
+        let (digest, bytes) = written.map_err(|source| FetchError::Io { path, source })?;
+        match network_error {
+            Some(error) => Err(error),
+            None => Ok((hex(&digest), bytes)),
+        }
     }
 }
 
-/// The blocking half: hashes and writes every chunk, then fsyncs.
-fn hash_and_write(
-    file: File,
-    mut chunks: mpsc::Receiver<Bytes>,
-) -> std::io::Result<(File, [u8; 32], u64)> {
-    let mut hasher = Sha256::new();
-    let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
-    let mut bytes = 0u64;
-    while let Some(chunk) = chunks.blocking_recv() {
-        hasher.update(&chunk);
-        out.write_all(&chunk)?;
-        bytes += chunk.len() as u64;
+/// Where the body that `response` carries starts, given what we asked for;
+/// `None` when the answer is no body of ours (an error status).
+fn start_from(
+    partial: &Partial,
+    resume: Option<(PartialMeta, u64)>,
+    response: &Response,
+) -> Result<Option<(PartialMeta, u64)>, FetchError> {
+    let status = response.status();
+    if status.is_redirection() {
+        return Err(FetchError::Redirected { status });
     }
-    let file = out.into_inner().map_err(|error| error.into_error())?;
-    file.sync_all()?;
-    Ok((file, hasher.finalize().into(), bytes))
+    match (status, resume) {
+        // A whole body: new, or the file changed since our partial copy.
+        (StatusCode::OK, _) => Ok(Some((fresh_meta(response), 0))),
+        (StatusCode::PARTIAL_CONTENT, Some((meta, offset))) => {
+            match check_content_range(response.headers(), offset, meta.length) {
+                Ok(()) => Ok(Some((meta, offset))),
+                Err(reason) => {
+                    partial.discard();
+                    Err(FetchError::ResumeRefused { reason })
+                }
+            }
+        }
+        (StatusCode::RANGE_NOT_SATISFIABLE, Some(_)) => {
+            partial.discard();
+            Err(FetchError::ResumeRefused { reason: "416 for the rest of the file".into() })
+        }
+        _ => Ok(None),
+    }
+}
+
+async fn refusal(response: Response) -> FetchError {
+    let status = response.status();
+    FetchError::Status { status, body: body_excerpt(response).await }
+}
+
+fn fresh_meta(response: &Response) -> PartialMeta {
+    PartialMeta {
+        etag: header_text(response.headers(), ETAG),
+        last_modified: header_text(response.headers(), LAST_MODIFIED),
+        length: response.content_length(),
+        durable: 0,
+    }
+}
+
+fn header_text(headers: &HeaderMap, name: reqwest::header::HeaderName) -> Option<String> {
+    headers.get(name).and_then(|value| value.to_str().ok()).map(str::to_owned)
+}
+
+/// Checks that a 206 carries exactly the rest of the file we started.
+fn check_content_range(
+    headers: &HeaderMap,
+    offset: u64,
+    length: Option<u64>,
+) -> Result<(), String> {
+    let value = header_text(headers, CONTENT_RANGE).ok_or("206 without Content-Range")?;
+    let parsed = value
+        .strip_prefix("bytes ")
+        .and_then(|rest| rest.split_once('/'))
+        .and_then(|(range, total)| Some((range.split_once('-')?, total)));
+    let Some(((first, last), total)) = parsed else {
+        return Err(format!("unreadable Content-Range {value:?}"));
+    };
+    let (first, last, total) = (first.parse::<u64>(), last.parse::<u64>(), total.parse::<u64>());
+    match (first, last, total, length) {
+        (Ok(first), Ok(last), Ok(total), Some(length))
+            if first == offset && total == length && last + 1 == length =>
+        {
+            Ok(())
+        }
+        _ => Err(format!("Content-Range {value:?} is not the rest from byte {offset}")),
+    }
+}
+
+/// The blocking half of a download: the file, and how to record progress.
+struct Sink {
+    file: File,
+    partial: Partial,
+    meta: PartialMeta,
+    offset: u64,
+}
+
+impl Sink {
+    /// Hashes the kept prefix, then hashes and writes every chunk, making
+    /// progress durable now and then. Returns the digest and total length.
+    fn drain(
+        mut self,
+        mut chunks: mpsc::Receiver<Bytes>,
+        runtime: &tokio::runtime::Handle,
+    ) -> io::Result<([u8; 32], u64)> {
+        let mut hasher = Sha256::new();
+        hash_prefix(&mut self.file, self.offset, &mut hasher)?;
+        let mut out = BufWriter::with_capacity(WRITE_BUFFER, self.file.try_clone()?);
+        let mut total = self.offset;
+        loop {
+            let next = runtime.block_on(tokio::time::timeout(CHECKPOINT_IDLE, chunks.recv()));
+            match next {
+                Ok(Some(chunk)) => {
+                    hasher.update(&chunk);
+                    out.write_all(&chunk)?;
+                    total += chunk.len() as u64;
+                    if total - self.meta.durable >= CHECKPOINT_BYTES {
+                        self.make_durable(&mut out, total)?;
+                    }
+                }
+                Ok(None) => break,
+                // The body went quiet: a good moment to secure what we have.
+                Err(_) if total > self.meta.durable => self.make_durable(&mut out, total)?,
+                Err(_) => {}
+            }
+        }
+        self.make_durable(&mut out, total)?;
+        Ok((hasher.finalize().into(), total))
+    }
+
+    fn make_durable(&mut self, out: &mut BufWriter<File>, total: u64) -> io::Result<()> {
+        out.flush()?;
+        out.get_ref().sync_data()?;
+        self.meta.durable = total;
+        self.partial.checkpoint(&self.meta).map_err(|error| error.source)
+    }
+}
+
+/// Feeds the first `length` bytes of `file` to `hasher`, leaving the file
+/// positioned after them.
+fn hash_prefix(file: &mut File, length: u64, hasher: &mut Sha256) -> io::Result<()> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut buffer = vec![0u8; WRITE_BUFFER];
+    let mut left = length;
+    while left > 0 {
+        let want = buffer.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let got = file.read(&mut buffer[..want])?;
+        if got == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "partial file shrank"));
+        }
+        hasher.update(&buffer[..got]);
+        left -= got as u64;
+    }
+    file.seek(SeekFrom::Start(length)).map(drop)
 }
 
 /// Lower-case hex, as object names use.
@@ -164,4 +321,40 @@ pub fn hex(bytes: &[u8]) -> String {
         let _ = write!(out, "{byte:02x}");
         out
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    fn range(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_RANGE, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn only_the_exact_rest_of_the_file_is_accepted() {
+        assert_eq!(check_content_range(&range("bytes 40-99/100"), 40, Some(100)), Ok(()));
+        for bad in ["bytes 0-99/100", "bytes 40-98/100", "bytes 40-99/101", "bytes */100", "x"] {
+            assert!(check_content_range(&range(bad), 40, Some(100)).is_err(), "{bad}");
+        }
+        assert!(check_content_range(&HeaderMap::new(), 40, Some(100)).is_err());
+        assert!(check_content_range(&range("bytes 40-99/100"), 40, None).is_err());
+    }
+
+    #[test]
+    fn the_prefix_hash_joins_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"hello world").unwrap();
+        let mut file = File::options().read(true).write(true).open(&path).unwrap();
+        let mut hasher = Sha256::new();
+        hash_prefix(&mut file, 6, &mut hasher).unwrap();
+        hasher.update(b"world");
+        let whole: [u8; 32] = Sha256::digest(b"hello world").into();
+        assert_eq!(<[u8; 32]>::from(hasher.finalize()), whole);
+        assert!(hash_prefix(&mut file, 100, &mut Sha256::new()).is_err());
+    }
 }

@@ -22,11 +22,15 @@
 pub mod api;
 pub mod cli;
 pub mod demo;
+pub mod disk;
 pub mod fetch;
+pub mod journal;
+pub mod lock;
 pub mod manifest;
 pub mod rate;
 pub mod report;
 pub mod retry;
 pub mod run;
+pub mod shutdown;
 pub mod simulator;
 pub mod store;

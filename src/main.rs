@@ -18,6 +18,8 @@ use tracing_subscriber::EnvFilter;
 const EXIT_RUN_STOPPED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 const EXIT_ROWS_FAILED: u8 = 3;
+const EXIT_INTERRUPTED: u8 = 4;
+const EXIT_LOCKED: u8 = 5;
 
 /// The variable the API key is read from.
 const KEY_VARIABLE: &str = "IDENTIFAI_API_KEY";
@@ -56,6 +58,9 @@ async fn run_command(args: RunArgs) -> ExitCode {
     config.rate = args.tuning.rate;
     config.concurrency = usize::from(args.tuning.concurrency);
     config.retry = RetryPolicy::with_max_attempts(args.tuning.max_attempts);
+    config.grace = args.tuning.grace;
+    config.deadline = args.tuning.deadline;
+    config.handle_signals = true;
     exit_code(run(config).await)
 }
 
@@ -77,12 +82,16 @@ fn api_key(args: &RunArgs) -> Result<ApiKey, String> {
 fn exit_code(result: Result<RunOutcome, RunError>) -> ExitCode {
     match result {
         Err(error) if error.is_usage() => fail(EXIT_USAGE, &with_causes(&error)),
+        Err(error) if error.is_locked() => fail(EXIT_LOCKED, &with_causes(&error)),
         Err(error) => fail(EXIT_RUN_STOPPED, &with_causes(&error)),
         Ok(outcome) => {
             let report = outcome.report_dir.join("report.csv");
             println!("report: {}", report.display());
             let summary = &outcome.summary;
-            if let Some(reason) = &summary.stopped {
+            if let Some(reason) = summary.stopped.as_ref().filter(|_| summary.interrupted) {
+                let resume = "run the same command again to resume";
+                fail(EXIT_INTERRUPTED, &format!("the run was stopped ({reason}); {resume}"))
+            } else if let Some(reason) = &summary.stopped {
                 fail(EXIT_RUN_STOPPED, &format!("the run stopped: {reason}"))
             } else if summary.all_succeeded() {
                 ExitCode::SUCCESS

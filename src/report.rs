@@ -11,10 +11,10 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How a row ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RowStatus {
     /// The file is in the store.
@@ -101,6 +101,9 @@ pub struct Summary {
     pub run_id: String,
     pub rows: u64,
     pub by_status: BTreeMap<&'static str, u64>,
+    /// Rows answered from the store without an API call (counted as ok).
+    pub already_stored: u64,
+    /// Body bytes received from storage, finished downloads or not.
     pub bytes_downloaded: u64,
     pub api_calls: u64,
     pub rate_limited: u64,
@@ -110,6 +113,8 @@ pub struct Summary {
     pub api_calls_per_second: f64,
     /// Why the run stopped early, if it did.
     pub stopped: Option<String>,
+    /// The stop was asked for (a signal or the deadline): the run can resume.
+    pub interrupted: bool,
 }
 
 impl Summary {

@@ -99,6 +99,8 @@ fn classify_storage(error: &FetchError) -> Decision {
         },
         // Reset, timeout or a body cut short: the bytes may come next time.
         FetchError::Transport(_) | FetchError::Truncated { .. } => Decision::Retry,
+        // The partial copy was dropped; the next try starts the file afresh.
+        FetchError::ResumeRefused { .. } => Decision::Retry,
         // The storage host redirected us; we accept only a direct answer.
         FetchError::Redirected { .. } => Decision::EndRow(RowStatus::Failed),
         // Our own disk failed: every other row would fail the same way.
@@ -296,6 +298,7 @@ mod tests {
             (storage_status(400), EndRow(RowStatus::Failed)),
             (storage_status(416), EndRow(RowStatus::Failed)),
             (FetchError::Truncated { expected: 10, received: 4 }, Retry),
+            (FetchError::ResumeRefused { reason: "416".into() }, Retry),
             (FetchError::Redirected { status: StatusCode::FOUND }, EndRow(RowStatus::Failed)),
             (io, StopRun),
         ];

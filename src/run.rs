@@ -1,8 +1,9 @@
 //! A run: the manifest's rows through the API and into the store, concurrently.
 //!
 //! The manifest is read on a blocking thread and handed over a bounded
-//! channel. Each new (type, requested id) gets a task; repeats wait for it
-//! and are reported as duplicates. Two limits shape the tasks:
+//! channel. A row the journal already knows as stored is answered at once,
+//! with no API call. Each other (type, requested id) gets a task; repeats
+//! wait for it and are reported as duplicates. Two limits shape the tasks:
 //!
 //! - at most `2 × concurrency` rows are in play, so up to `concurrency`
 //!   rows can hold a fresh URL, ready for the next free download slot, while
@@ -12,6 +13,8 @@
 //!
 //! Every API call, wherever it comes from, passes the one [`ApiGate`].
 //! A failure is handed to [`retry::classify`] and the row does what it says.
+//! A row is done once its outcome is in the journal, on disk; only then is it
+//! reported.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,15 +26,17 @@ use reqwest::{Client, Url};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::api::{ApiClient, ApiError, ApiKey, Lease};
 use crate::fetch::{FetchError, Fetched, StorageClient};
+use crate::journal::{JournalEntry, JournalIndex, JournalWriter, Known};
+use crate::lock::{LockError, StoreLock};
 use crate::manifest::{Entry, InvalidRow, Kind, Manifest, ManifestError, Row};
 use crate::rate::{ApiGate, RateSpec};
 use crate::report::{Report, RowRecord, RowStatus, Summary};
 use crate::retry::{self, Decision, Failure, RetryBudget, RetryPolicy};
+use crate::shutdown::{Shutdown, StopCause};
 use crate::store::{Store, StoreError};
 
 /// A signed URL is valid for 60 minutes; we start no download on one older
@@ -51,6 +56,14 @@ pub struct RunConfig {
     pub rate: RateSpec,
     pub concurrency: usize,
     pub retry: RetryPolicy,
+    /// After a stop signal or the deadline, how long downloads in flight
+    /// may take to finish.
+    pub grace: Duration,
+    /// Stop gracefully this long after the start.
+    pub deadline: Option<Duration>,
+    /// Stop gracefully on SIGINT and SIGTERM (the binary does; tests that
+    /// run in-process do not).
+    pub handle_signals: bool,
     /// Fixes the backoff jitter, for tests; random when `None`.
     pub jitter_seed: Option<u64>,
 }
@@ -67,6 +80,9 @@ impl RunConfig {
             rate: RateSpec::default(),
             concurrency: 4,
             retry: RetryPolicy::with_max_attempts(8),
+            grace: Duration::from_secs(30),
+            deadline: None,
+            handle_signals: false,
             jitter_seed: None,
         }
     }
@@ -79,6 +95,10 @@ pub enum RunError {
     Manifest(#[from] ManifestError),
     #[error("output folder unusable: {0}")]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Locked(#[from] LockError),
+    #[error("cannot use the journal {}: {source}", path.display())]
+    Journal { path: PathBuf, source: std::io::Error },
     #[error("cannot write the report in {}: {source}", path.display())]
     Report { path: PathBuf, source: std::io::Error },
     #[error("cannot set up the HTTP client: {0}")]
@@ -89,6 +109,11 @@ impl RunError {
     /// Usage errors (exit 2) as opposed to a run that could not go on (1).
     pub fn is_usage(&self) -> bool {
         matches!(self, RunError::Manifest(_))
+    }
+
+    /// Another run holds the store (exit 5).
+    pub fn is_locked(&self) -> bool {
+        matches!(self, RunError::Locked(LockError::Held { .. } | LockError::ForeignHost { .. }))
     }
 }
 
@@ -102,23 +127,55 @@ pub struct RunOutcome {
 /// Runs the manifest to the end, or until something stops the whole run.
 pub async fn run(config: RunConfig) -> Result<RunOutcome, RunError> {
     let manifest = Manifest::open(&config.manifest)?;
+    // The lock comes first: nothing in the folder is touched while another
+    // run may be writing it.
+    let lock = StoreLock::acquire(&config.out)?;
     let store = Store::open(&config.out)?;
+    let started_wall = std::time::SystemTime::now();
+    let cleaned = store.clean_tmp(started_wall)?;
+    let journal_path = store.root().join(crate::journal::FILE_NAME);
+    let journal_error = |source| RunError::Journal { path: journal_path.clone(), source };
+    let known = JournalIndex::load(store.root()).map_err(journal_error)?;
+    let journal = JournalWriter::open(store.root()).map_err(journal_error)?;
     let (run_id, report) = open_report(&store, manifest.extra_columns())?;
-    let context = Arc::new(Context::new(&config, store, report)?);
     info!(
         run_id = %run_id,
         manifest = %config.manifest.display(),
         out = %config.out.display(),
         rate = %config.rate,
         concurrency = config.concurrency,
+        known = known.len(),
+        cleaned_tmp_files = cleaned,
         "run started"
     );
+    let context = Arc::new(Context::new(&config, store, report, known, journal, run_id.clone())?);
     let started = Instant::now();
+    let watcher = spawn_stop_watch(&context, &config);
     dispatch(&context, read_in_background(manifest)).await;
+    watcher.abort();
     let summary = context.summarize(run_id, started.elapsed());
     let report_dir = context.finish_report(&summary)?;
     log_summary(&summary);
+    if let Err(error) = lock.release() {
+        warn!(error = %error, "could not clear the lock record");
+    }
     Ok(RunOutcome { summary, report_dir })
+}
+
+fn spawn_stop_watch(context: &Arc<Context>, config: &RunConfig) -> tokio::task::JoinHandle<()> {
+    let context = context.clone();
+    let (grace, deadline, signals) = (config.grace, config.deadline, config.handle_signals);
+    tokio::spawn(async move {
+        if signals {
+            context.shutdown.watch(grace, deadline).await;
+        } else if let Some(deadline) = deadline {
+            tokio::time::sleep(deadline).await;
+            let cause = StopCause::Interrupted("the --deadline was reached".into());
+            context.shutdown.stop_gracefully(cause);
+            tokio::time::sleep(grace).await;
+            context.shutdown.stop_now(StopCause::Interrupted("grace period over".into()));
+        }
+    })
 }
 
 /// A sortable, unique run id: the UTC start time, with a suffix in the rare
@@ -160,44 +217,64 @@ fn read_in_background(
 }
 
 /// Hands each entry to the ledger or to a new task, then waits for them all.
+/// Once the run is stopping, the remaining rows are reported unfinished.
 async fn dispatch(
     context: &Arc<Context>,
     mut entries: mpsc::Receiver<Result<Entry, ManifestError>>,
 ) {
     let in_play = Arc::new(Semaphore::new(context.concurrency * 2));
     let mut tasks = JoinSet::new();
-    let mut seq = 0u64;
+    let mut position = 0u64;
     while let Some(entry) = entries.recv().await {
         let entry = match entry {
             Ok(entry) => entry,
             Err(error) => {
-                context.stop_run(format!("cannot read the manifest: {error}"));
+                let reason = format!("cannot read the manifest: {error}");
+                context.shutdown.stop_now(StopCause::Fatal(reason));
                 break;
             }
         };
-        let position = seq;
-        seq += 1;
+        let this = position;
+        position += 1;
         let row = match entry {
             Entry::Invalid(bad) => {
-                context.record(position, invalid_record(bad));
+                context.record(this, invalid_record(bad));
                 continue;
             }
             Entry::Valid(row) => row,
         };
-        if !context.claim(&row, position) {
-            continue; // A duplicate: it is reported when the first finishes.
+        if !context.claim(&row, this) {
+            continue; // Stored already, or a duplicate answered with its first.
         }
         let permit = tokio::select! {
             permit = in_play.clone().acquire_owned() => permit.expect("never closed"),
-            () = context.stop.cancelled() => {
-                context.finish_row(position, &row, RowResult::not_attempted(context));
+            () = context.shutdown.no_new_work() => {
+                context.finish_row(this, &row, RowResult::unfinished(context));
                 continue;
             }
         };
-        tasks.spawn(row_task(context.clone(), row, position, permit));
-        while tasks.try_join_next().is_some() {}
+        if context.shutdown.is_stopping() {
+            context.finish_row(this, &row, RowResult::unfinished(context));
+            continue;
+        }
+        tasks.spawn(row_task(context.clone(), row, this, permit));
+        reap(&mut tasks);
     }
-    while tasks.join_next().await.is_some() {}
+    while let Some(joined) = tasks.join_next().await {
+        log_panic(joined);
+    }
+}
+
+fn reap(tasks: &mut JoinSet<()>) {
+    while let Some(joined) = tasks.try_join_next() {
+        log_panic(joined);
+    }
+}
+
+fn log_panic(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = joined {
+        tracing::error!(error = %error, "a row task failed; its row is missing from the report");
+    }
 }
 
 /// One row from first API call to final outcome.
@@ -205,8 +282,15 @@ async fn row_task(context: Arc<Context>, row: Row, position: u64, _permit: Owned
     let span = info_span!("row", line = row.line, kind = %row.kind, id = %row.requested_id());
     let result = tokio::select! {
         result = fetch_row(&context, &row).instrument(span) => result,
-        () = context.stop.cancelled() => RowResult::not_attempted(&context),
+        () = context.shutdown.everything_ends() => RowResult::unfinished(&context),
     };
+    if result.finished
+        && let Err(error) = context.journal_row(&row, &result).await
+    {
+        let path = context.journal.path().display().to_string();
+        let reason = format!("cannot write the journal {path}: {error}");
+        context.shutdown.stop_now(StopCause::Fatal(reason));
+    }
     context.finish_row(position, &row, result);
 }
 
@@ -214,20 +298,16 @@ async fn row_task(context: Arc<Context>, row: Row, position: u64, _permit: Owned
 enum TryError {
     Api(ApiError),
     Storage(FetchError),
+    /// The run is stopping; this row must not start anything new.
+    Stopping,
 }
 
 impl TryError {
-    fn as_failure(&self) -> Failure<'_> {
-        match self {
-            TryError::Api(error) => Failure::Api(error),
-            TryError::Storage(error) => Failure::Storage(error),
-        }
-    }
-
     fn describe(&self) -> String {
         match self {
             TryError::Api(error) => error.to_string(),
             TryError::Storage(error) => error.to_string(),
+            TryError::Stopping => "the run is stopping".to_owned(),
         }
     }
 }
@@ -239,17 +319,22 @@ struct RowResult {
     attempts: u32,
     api_calls: u32,
     error: String,
+    /// False when the run stopped before the row could end on its own: it
+    /// goes to the report, but not to the journal, so a rerun tries it.
+    finished: bool,
 }
 
 impl RowResult {
-    fn not_attempted(context: &Context) -> RowResult {
-        let reason = context.stop_reason().unwrap_or_else(|| "the run stopped".into());
+    fn unfinished(context: &Context) -> RowResult {
+        let cause = context.shutdown.cause();
+        let reason = cause.as_ref().map_or("the run stopped", StopCause::reason);
         RowResult {
             status: RowStatus::Failed,
             fetched: None,
             attempts: 0,
             api_calls: 0,
             error: format!("not finished: {reason}"),
+            finished: false,
         }
     }
 }
@@ -264,13 +349,10 @@ async fn fetch_row(context: &Context, row: &Row) -> RowResult {
         let error = match try_once(context, row, &mut lease, &mut api_calls).await {
             Ok(fetched) => {
                 let attempts = budget.attempt();
-                return RowResult {
-                    status: RowStatus::Ok,
-                    fetched: Some(fetched),
-                    attempts,
-                    api_calls,
-                    error: String::new(),
-                };
+                let error = String::new();
+                let fetched = Some(fetched);
+                let status = RowStatus::Ok;
+                return RowResult { status, fetched, attempts, api_calls, error, finished: true };
             }
             Err(error) => error,
         };
@@ -280,8 +362,16 @@ async fn fetch_row(context: &Context, row: &Row) -> RowResult {
             attempts: budget.attempt(),
             api_calls,
             error: error.describe(),
+            finished: true,
         };
-        match retry::classify(error.as_failure()) {
+        let failure = match &error {
+            TryError::Api(api) => Failure::Api(api),
+            TryError::Storage(storage) => Failure::Storage(storage),
+            TryError::Stopping => {
+                return RowResult { api_calls, ..RowResult::unfinished(context) };
+            }
+        };
+        match retry::classify(failure) {
             Decision::Retry => {
                 let Some(delay) = budget.next_delay() else {
                     return end(RowStatus::Failed, &budget);
@@ -294,7 +384,10 @@ async fn fetch_row(context: &Context, row: &Row) -> RowResult {
                     error = %error.describe(),
                     "retrying"
                 );
-                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = context.shutdown.no_new_work() => {}
+                }
             }
             Decision::RateLimited { wait } => {
                 context.api.gate().pause_for(wait);
@@ -310,10 +403,13 @@ async fn fetch_row(context: &Context, row: &Row) -> RowResult {
                     return end(RowStatus::Failed, &budget);
                 }
             }
-            Decision::EndRow(status) => return end(status, &budget),
+            Decision::EndRow(status) => {
+                context.store.partial(row.kind, row.requested_id()).discard();
+                return end(status, &budget);
+            }
             Decision::StopRun => {
                 let result = end(RowStatus::Failed, &budget);
-                context.stop_run(stop_reason(&error));
+                context.shutdown.stop_now(StopCause::Fatal(stop_reason(&error)));
                 return result;
             }
         }
@@ -325,6 +421,10 @@ fn stop_reason(error: &TryError) -> String {
         TryError::Api(ApiError::Status { status, .. }) if status.as_u16() == 401 => {
             "the API refused the key (401 Unauthorized): check IDENTIFAI_API_KEY or --api-key-file"
                 .to_owned()
+        }
+        TryError::Storage(FetchError::Io { path, .. }) => {
+            let free = crate::disk::free_space_text(path);
+            format!("{}; {free}", error.describe())
         }
         other => other.describe(),
     }
@@ -341,21 +441,36 @@ async fn try_once(
         Some(fresh) if fresh.age() < SAFE_LEASE_AGE => fresh,
         _ => resolve(context, row, api_calls).await?,
     };
-    let _slot = context.downloads.acquire().await.expect("never closed");
+    let _slot = tokio::select! {
+        slot = context.downloads.acquire() => slot.expect("never closed"),
+        () = context.shutdown.no_new_work() => return Err(TryError::Stopping),
+    };
     // The wait for a slot can be long when large files are downloading.
     if current.age() >= SAFE_LEASE_AGE {
         current = resolve(context, row, api_calls).await?;
     }
-    let result = context.storage.fetch(&current, &context.store).await;
+    let (kind, id) = (row.kind, row.requested_id());
+    let result = context.storage.fetch(&current, &context.store, kind, id).await;
     *lease = Some(current);
     let fetched = result.map_err(TryError::Storage)?;
-    context.bytes.fetch_add(fetched.bytes, Ordering::Relaxed);
+    if fetched.resumed_from > 0 {
+        info!(from_byte = fetched.resumed_from, "resumed a partial download");
+    }
     Ok(fetched)
 }
 
+/// Asks the API for a URL, unless the run is stopping: then no new call.
 async fn resolve(context: &Context, row: &Row, api_calls: &mut u32) -> Result<Lease, TryError> {
-    *api_calls += 1;
-    context.api.resolve(row.kind, row.requested_id()).await.map_err(TryError::Api)
+    let call =
+        async { context.api.resolve(row.kind, row.requested_id()).await.map_err(TryError::Api) };
+    tokio::select! {
+        biased;
+        () = context.shutdown.no_new_work() => Err(TryError::Stopping),
+        lease = call => {
+            *api_calls += 1;
+            lease
+        }
+    }
 }
 
 /// The key rows are deduplicated by: what the API is asked for.
@@ -386,14 +501,17 @@ struct Context {
     api: ApiClient,
     storage: StorageClient,
     store: Store,
+    known: JournalIndex,
+    journal: JournalWriter,
+    run_id: String,
     retry: RetryPolicy,
     jitter_seed: u64,
     concurrency: usize,
     downloads: Semaphore,
-    stop: CancellationToken,
+    shutdown: Shutdown,
     ledger: Mutex<Ledger>,
-    bytes: AtomicU64,
     retries: AtomicU64,
+    already_stored: AtomicU64,
 }
 
 struct Ledger {
@@ -401,36 +519,41 @@ struct Ledger {
     report: Option<Report>,
     keys: HashMap<RowKey, KeyState>,
     rows: u64,
-    stop_reason: Option<String>,
     report_error: Option<std::io::Error>,
 }
 
 impl Context {
-    fn new(config: &RunConfig, store: Store, report: Report) -> Result<Context, RunError> {
+    fn new(
+        config: &RunConfig,
+        store: Store,
+        report: Report,
+        known: JournalIndex,
+        journal: JournalWriter,
+        run_id: String,
+    ) -> Result<Context, RunError> {
         let gate = Arc::new(ApiGate::new(&config.rate));
         let api_http = http_client(Some(Duration::from_secs(60))).map_err(RunError::Http)?;
         // No overall timeout for storage: a 5 GB video takes what it takes;
         // the read timeout still catches a stalled body.
         let storage_http = http_client(None).map_err(RunError::Http)?;
         let concurrency = config.concurrency.max(1);
+        let ledger =
+            Ledger { report: Some(report), keys: HashMap::new(), rows: 0, report_error: None };
         Ok(Context {
             api: ApiClient::new(api_http, config.api_url.clone(), config.api_key.clone(), gate),
             storage: StorageClient::new(storage_http),
             store,
+            known,
+            journal,
+            run_id,
             retry: config.retry.clone(),
             jitter_seed: config.jitter_seed.unwrap_or_else(|| fastrand::u64(..)),
             concurrency,
             downloads: Semaphore::new(concurrency),
-            stop: CancellationToken::new(),
-            ledger: Mutex::new(Ledger {
-                report: Some(report),
-                keys: HashMap::new(),
-                rows: 0,
-                stop_reason: None,
-                report_error: None,
-            }),
-            bytes: AtomicU64::new(0),
+            shutdown: Shutdown::default(),
+            ledger: Mutex::new(ledger),
             retries: AtomicU64::new(0),
+            already_stored: AtomicU64::new(0),
         })
     }
 
@@ -438,30 +561,28 @@ impl Context {
         self.ledger.lock().expect("ledger lock poisoned")
     }
 
-    /// Stops the whole run: no new rows start and running rows end.
-    fn stop_run(&self, reason: String) {
-        let mut ledger = self.ledger();
-        if ledger.stop_reason.is_none() {
-            warn!(reason = %reason, "stopping the run");
-            ledger.stop_reason = Some(reason);
-        }
-        drop(ledger);
-        self.stop.cancel();
-    }
-
-    fn stop_reason(&self) -> Option<String> {
-        self.ledger().stop_reason.clone()
-    }
-
-    /// Registers a row's key; false if an earlier row already asked for it,
-    /// in which case this row is answered when that one finishes.
+    /// Registers a row's key; false if the row is answered without a task:
+    /// the journal says it is stored, or an earlier row asked for the same
+    /// file (then this row is answered when that one finishes).
     fn claim(&self, row: &Row, position: u64) -> bool {
+        // Outside the ledger lock: it touches the disk.
+        let stored = self.stored_already(row);
         let mut ledger = self.ledger();
         match ledger.keys.get_mut(&row_key(row)) {
-            None => {
-                ledger.keys.insert(row_key(row), KeyState::Pending { waiting: Vec::new() });
-                true
-            }
+            None => match stored {
+                Some(settled) => {
+                    let mut record = duplicate_record(row, &settled);
+                    record.status = RowStatus::Ok;
+                    record.error = String::new();
+                    ledger.submit(position, record);
+                    ledger.keys.insert(row_key(row), KeyState::Done(settled));
+                    false
+                }
+                None => {
+                    ledger.keys.insert(row_key(row), KeyState::Pending { waiting: Vec::new() });
+                    true
+                }
+            },
             Some(KeyState::Pending { waiting }) => {
                 waiting.push((position, row.clone()));
                 false
@@ -474,8 +595,54 @@ impl Context {
         }
     }
 
+    /// The journal's word that this row's file is stored, checked against
+    /// the store: the object must be there with its size.
+    fn stored_already(&self, row: &Row) -> Option<Settled> {
+        let known: &Known = self.known.get(row.kind, row.requested_id())?;
+        if known.status != RowStatus::Ok || !self.store.has_object(&known.sha256, known.bytes) {
+            return None;
+        }
+        self.already_stored.fetch_add(1, Ordering::Relaxed);
+        let fetched = Fetched {
+            sha256: known.sha256.clone(),
+            bytes: known.bytes.unwrap_or_default(),
+            content_type: Some(known.content_type.clone()).filter(|t| !t.is_empty()),
+            object: Store::relative_object_path(&known.sha256),
+            resumed_from: 0,
+        };
+        Some(Settled {
+            line: row.line,
+            status: RowStatus::Ok,
+            fetched: Some(fetched),
+            error: String::new(),
+        })
+    }
+
     fn record(&self, position: u64, record: RowRecord) {
         self.ledger().submit(position, record);
+    }
+
+    /// Appends the row's outcome to the journal and waits until it is on
+    /// disk: only then does the row count as done.
+    async fn journal_row(&self, row: &Row, result: &RowResult) -> std::io::Result<()> {
+        let record = row_record(row, result);
+        let entry = JournalEntry {
+            kind: record.kind,
+            id: row.requested_id().to_owned(),
+            identifier: record.identifier,
+            frame_or_track_id: record.frame_or_track_id,
+            status: record.status,
+            sha256: record.sha256,
+            bytes: record.bytes,
+            content_type: record.content_type,
+            attempts: record.attempts,
+            api_calls: record.api_calls,
+            error: record.error,
+            at: jiff::Timestamp::now().to_string(),
+            run_id: self.run_id.clone(),
+        };
+        let ticket = self.journal.append(&entry)?;
+        self.journal.durable(ticket).await
     }
 
     /// Reports a row that was fetched (or not), and every duplicate that
@@ -500,17 +667,20 @@ impl Context {
     fn summarize(&self, run_id: String, elapsed: Duration) -> Summary {
         let ledger = self.ledger();
         let gate = self.api.gate();
+        let cause = self.shutdown.cause();
         Summary {
             run_id,
             rows: ledger.rows,
             by_status: ledger.report.as_ref().map(Report::counts).unwrap_or_default(),
-            bytes_downloaded: self.bytes.load(Ordering::Relaxed),
+            already_stored: self.already_stored.load(Ordering::Relaxed),
+            bytes_downloaded: self.storage.received_bytes(),
             api_calls: gate.calls(),
             rate_limited: gate.rate_limited(),
             retries: self.retries.load(Ordering::Relaxed),
             elapsed_seconds: elapsed.as_secs_f64(),
             api_calls_per_second: gate.calls_per_second(),
-            stopped: ledger.stop_reason.clone(),
+            interrupted: matches!(cause, Some(StopCause::Interrupted(_))),
+            stopped: cause.map(|cause| cause.reason().to_owned()),
         }
     }
 
@@ -631,6 +801,7 @@ fn log_summary(summary: &Summary) {
         run_id = %summary.run_id,
         rows = summary.rows,
         statuses = %counts.join(" "),
+        already_stored = summary.already_stored,
         bytes = summary.bytes_downloaded,
         api_calls = summary.api_calls,
         rate_limited = summary.rate_limited,

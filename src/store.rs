@@ -2,24 +2,32 @@
 //!
 //! ```text
 //! DIR/objects/sha256/ab/ab12…(64 hex)   immutable, read-only objects
-//! DIR/tmp/                             temp files being written
+//! DIR/tmp/<key>.part, <key>.part.json   downloads in progress, resumable
 //! DIR/runs/<run-id>/                   one folder of reports per run
+//! DIR/journal.jsonl                    what the store knows (see journal)
 //! ```
 //!
-//! Bytes reach `objects/` only one way: written to a temp file in `tmp/`
+//! Bytes reach `objects/` only one way: written to a partial file in `tmp/`
 //! (the same file system, so the rename is atomic), fsynced, renamed into
-//! place, and the directory fsynced. A reader never sees a partial object and
-//! a crash leaves at most a temp file behind. An object that already exists
-//! is success: same name, same bytes.
+//! place, and the directory fsynced. A reader never sees a partial object,
+//! and a crash leaves at most a partial file, which the next attempt resumes.
+//! An object that already exists is success: same name, same bytes.
 
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::manifest::Kind;
 
 const OBJECTS: &str = "objects/sha256";
 const TMP: &str = "tmp";
 const RUNS: &str = "runs";
+const PART: &str = ".part";
+const PART_META: &str = ".part.json";
 
 /// The store rooted at the output folder.
 #[derive(Debug, Clone)]
@@ -37,7 +45,7 @@ pub struct StoreError {
     pub source: io::Error,
 }
 
-fn at(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
+pub(crate) fn at(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
     let path = path.to_path_buf();
     move |source| StoreError { action, path, source }
 }
@@ -65,6 +73,10 @@ impl Store {
         self.root.join(RUNS)
     }
 
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join(TMP)
+    }
+
     /// The object's path relative to the store root, as reports show it.
     pub fn relative_object_path(sha256_hex: &str) -> PathBuf {
         Path::new(OBJECTS).join(&sha256_hex[..2]).join(sha256_hex)
@@ -74,77 +86,254 @@ impl Store {
         self.root.join(Self::relative_object_path(sha256_hex))
     }
 
-    /// A new, empty temp file in `tmp/`, deleted on drop unless committed.
-    pub fn create_temp(&self) -> Result<TempObject, StoreError> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let name = format!(
-            "{}-{}-{:08x}.part",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed),
-            fastrand::u32(..)
-        );
-        let path = self.root.join(TMP).join(name);
-        let file = File::create_new(&path).map_err(at("cannot create", &path))?;
-        Ok(TempObject { path, file: Some(file), committed: false })
+    /// Whether the object is present with the expected size.
+    pub fn has_object(&self, sha256_hex: &str, bytes: Option<u64>) -> bool {
+        if sha256_hex.len() != 64 {
+            return false;
+        }
+        match fs::metadata(self.object_path(sha256_hex)) {
+            Ok(meta) => meta.is_file() && bytes.is_none_or(|bytes| meta.len() == bytes),
+            Err(_) => false,
+        }
     }
 
-    /// Moves a finished, fsynced temp file into place under its hash.
+    /// The partial download of one request. Its name comes from the request,
+    /// so a later attempt, or a later run, finds it again.
+    pub fn partial(&self, kind: Kind, id: &str) -> Partial {
+        let digest = Sha256::digest(format!("{kind}\0{id}").as_bytes());
+        let name: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let tmp = self.root.join(TMP);
+        Partial {
+            data: tmp.join(format!("{name}{PART}")),
+            meta: tmp.join(format!("{name}{PART_META}")),
+        }
+    }
+
+    /// Moves a finished, fsynced partial file into place under its hash.
     /// Blocking: call it from a blocking thread.
-    pub fn commit(&self, mut temp: TempObject, sha256_hex: &str) -> Result<PathBuf, StoreError> {
+    pub fn commit(&self, partial: &Partial, sha256_hex: &str) -> Result<PathBuf, StoreError> {
         let relative = Self::relative_object_path(sha256_hex);
         let target = self.root.join(&relative);
         let fan_out = target.parent().expect("an object path has a parent");
         if target.exists() {
+            partial.discard();
             return Ok(relative); // The same bytes are already stored.
         }
         if !fan_out.exists() {
             fs::create_dir_all(fan_out).map_err(at("cannot create", fan_out))?;
             sync_dir(&self.root.join(OBJECTS))?;
         }
-        let file = temp.file.take().expect("a temp object holds its file until commit");
-        let mut permissions = file.metadata().map_err(at("cannot stat", &temp.path))?.permissions();
+        let mut permissions =
+            fs::metadata(&partial.data).map_err(at("cannot stat", &partial.data))?.permissions();
         permissions.set_readonly(true);
-        file.set_permissions(permissions).map_err(at("cannot make read-only", &temp.path))?;
-        drop(file);
-        fs::rename(&temp.path, &target).map_err(at("cannot move into place", &target))?;
-        temp.committed = true;
+        fs::set_permissions(&partial.data, permissions)
+            .map_err(at("cannot make read-only", &partial.data))?;
+        fs::rename(&partial.data, &target).map_err(at("cannot move into place", &target))?;
         sync_dir(fan_out)?;
+        let _ = fs::remove_file(&partial.meta);
         Ok(relative)
     }
+
+    /// Removes what a crashed or killed run left in `tmp/` that cannot be
+    /// resumed: files with no record beside them, records with no file, and
+    /// half-written records. Only files older than `started` are touched, so
+    /// nothing of the present run is. Returns how many files went.
+    pub fn clean_tmp(&self, started: SystemTime) -> Result<usize, StoreError> {
+        let tmp = self.root.join(TMP);
+        let entries = fs::read_dir(&tmp).map_err(at("cannot list", &tmp))?;
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|m| m < started);
+            if old && !is_resumable(&path) && fs::remove_file(&path).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// A partial file and its record, kept together.
+fn is_resumable(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    if let Some(stem) = name.strip_suffix(PART_META) {
+        let data = path.with_file_name(format!("{stem}{PART}"));
+        return data.is_file() && read_meta(path).is_some();
+    }
+    if let Some(stem) = name.strip_suffix(PART) {
+        return read_meta(&path.with_file_name(format!("{stem}{PART_META}"))).is_some();
+    }
+    false
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(at("cannot fsync", dir))
 }
 
-/// A temp file being filled. Removed when dropped uncommitted, so a failed
-/// or cancelled download leaves nothing behind.
-#[derive(Debug)]
-pub struct TempObject {
-    path: PathBuf,
-    file: Option<File>,
-    committed: bool,
+/// What is remembered of a download in progress, beside its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialMeta {
+    /// The storage host's validators: a resumed range must match them.
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    /// The whole file's length, as the storage host announced it.
+    pub length: Option<u64>,
+    /// Bytes known to be on disk (fsynced): resuming starts here at most.
+    pub durable: u64,
 }
 
-impl TempObject {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The open file, for writing. Taken back by [`TempObject::put_file`].
-    pub fn take_file(&mut self) -> File {
-        self.file.take().expect("the temp file is not already taken")
-    }
-
-    pub fn put_file(&mut self, file: File) {
-        self.file = Some(file);
+impl PartialMeta {
+    /// The `If-Range` value: the ETag if strong, else the Last-Modified date.
+    pub fn validator(&self) -> Option<&str> {
+        let strong_etag = self.etag.as_deref().filter(|etag| !etag.starts_with("W/"));
+        strong_etag.or(self.last_modified.as_deref())
     }
 }
 
-impl Drop for TempObject {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = fs::remove_file(&self.path);
+/// The files of one request's download in progress.
+#[derive(Debug, Clone)]
+pub struct Partial {
+    data: PathBuf,
+    meta: PathBuf,
+}
+
+impl Partial {
+    pub fn data_path(&self) -> &Path {
+        &self.data
+    }
+
+    /// Where a resumed download can start, and what it must match: `None`
+    /// when there is nothing to resume, or nothing to check a resume by.
+    pub fn resume_point(&self) -> Option<(PartialMeta, u64)> {
+        let meta = read_meta(&self.meta)?;
+        meta.validator()?;
+        let length = meta.length?;
+        let on_disk = fs::metadata(&self.data).ok()?.len();
+        let offset = on_disk.min(meta.durable);
+        (offset > 0 && offset < length).then_some((meta, offset))
+    }
+
+    /// Starts the download afresh: an empty file and a new record.
+    pub fn begin(&self, meta: &PartialMeta) -> Result<File, StoreError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&self.data)
+            .map_err(at("cannot create", &self.data))?;
+        self.checkpoint(meta)?;
+        Ok(file)
+    }
+
+    /// Reopens the file to continue at `offset`, dropping anything past it
+    /// that was never made durable.
+    pub fn reopen(&self, offset: u64) -> Result<File, StoreError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.data)
+            .map_err(at("cannot reopen", &self.data))?;
+        file.set_len(offset).map_err(at("cannot truncate", &self.data))?;
+        Ok(file)
+    }
+
+    /// Replaces the record atomically (write aside, then rename).
+    pub fn checkpoint(&self, meta: &PartialMeta) -> Result<(), StoreError> {
+        let aside = self.meta.with_extension("json.new");
+        let text = serde_json::to_vec(meta).expect("a partial record serializes");
+        fs::write(&aside, text).map_err(at("cannot write", &aside))?;
+        fs::rename(&aside, &self.meta).map_err(at("cannot write", &self.meta))
+    }
+
+    /// Forgets the download: the next attempt starts from zero.
+    pub fn discard(&self) {
+        let _ = fs::remove_file(&self.data);
+        let _ = fs::remove_file(&self.meta);
+    }
+}
+
+fn read_meta(path: &Path) -> Option<PartialMeta> {
+    serde_json::from_slice(&fs::read(path).ok()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn meta(length: u64, durable: u64) -> PartialMeta {
+        PartialMeta {
+            etag: Some("\"e1\"".into()),
+            last_modified: None,
+            length: Some(length),
+            durable,
         }
+    }
+
+    #[test]
+    fn a_partial_resumes_from_its_durable_bytes_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let partial = store.partial(Kind::Video, "v1");
+        assert!(partial.resume_point().is_none(), "nothing yet");
+        let mut file = partial.begin(&meta(100, 0)).unwrap();
+        file.write_all(&[7; 60]).unwrap();
+        assert!(partial.resume_point().is_none(), "written but not yet durable");
+        partial.checkpoint(&meta(100, 40)).unwrap();
+        let (found, offset) = partial.resume_point().unwrap();
+        assert_eq!((found.length, offset), (Some(100), 40));
+        let reopened = partial.reopen(offset).unwrap();
+        assert_eq!(reopened.metadata().unwrap().len(), 40);
+        // The same request finds the same files; another does not.
+        assert_eq!(store.partial(Kind::Video, "v1").data_path(), partial.data_path());
+        assert_ne!(store.partial(Kind::Image, "v1").data_path(), partial.data_path());
+    }
+
+    #[test]
+    fn without_a_validator_nothing_is_resumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let partial = store.partial(Kind::Image, "i");
+        let weak = PartialMeta { etag: Some("W/\"x\"".into()), ..meta(10, 5) };
+        partial.begin(&weak).unwrap().write_all(&[1; 5]).unwrap();
+        assert!(partial.resume_point().is_none(), "a weak ETag cannot vouch for bytes");
+    }
+
+    #[test]
+    fn commit_makes_a_read_only_object_and_forgets_the_partial() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let partial = store.partial(Kind::Image, "i");
+        partial.begin(&meta(3, 0)).unwrap().write_all(b"abc").unwrap();
+        let hex = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let relative = store.commit(&partial, hex).unwrap();
+        let object = dir.path().join(&relative);
+        assert_eq!(fs::read(&object).unwrap(), b"abc");
+        assert!(fs::metadata(&object).unwrap().permissions().readonly());
+        assert!(store.has_object(hex, Some(3)) && !store.has_object(hex, Some(4)));
+        assert!(fs::read_dir(store.tmp_dir()).unwrap().next().is_none(), "tmp/ is empty");
+
+        // The same bytes again: success, and the second copy goes away.
+        let again = store.partial(Kind::Image, "j");
+        again.begin(&meta(3, 0)).unwrap().write_all(b"abc").unwrap();
+        assert_eq!(store.commit(&again, hex).unwrap(), relative);
+        assert!(!again.data_path().exists());
+    }
+
+    #[test]
+    fn cleaning_keeps_resumable_partials_and_removes_debris() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let partial = store.partial(Kind::Video, "keep");
+        partial.begin(&meta(10, 4)).unwrap().write_all(&[0; 4]).unwrap();
+        let orphan = store.tmp_dir().join("0123.part");
+        let torn = store.tmp_dir().join("4567.part.json");
+        fs::write(&orphan, b"x").unwrap();
+        fs::write(&torn, b"{\"etag\":").unwrap();
+        let later = SystemTime::now() + std::time::Duration::from_secs(5);
+        assert_eq!(store.clean_tmp(later).unwrap(), 2);
+        assert!(partial.resume_point().is_some());
+        assert!(!orphan.exists() && !torn.exists());
     }
 }

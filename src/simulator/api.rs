@@ -106,7 +106,8 @@ fn scripted(fault: &Fault) -> Option<Response> {
         Fault::StorageStatus(_)
         | Fault::StorageTruncate(_)
         | Fault::StorageReset
-        | Fault::StorageExpired => None,
+        | Fault::StorageExpired
+        | Fault::StorageStallAfter(_) => None,
     }
 }
 

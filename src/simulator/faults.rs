@@ -33,6 +33,10 @@ pub enum Fault {
     StorageReset,
     /// Storage answers `403` "Request has expired" once, even though the URL is fresh.
     StorageExpired,
+    /// Storage sends the headers and this many body bytes, then nothing more while
+    /// holding the connection open: a stalled transfer that only the client's timeout,
+    /// or its stopping, ends.
+    StorageStallAfter(u64),
 }
 
 /// The faults still to be played, by requested identifier.

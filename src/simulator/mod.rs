@@ -78,6 +78,9 @@ pub struct SimConfig {
     pub same_content_as: HashMap<String, String>,
     /// Scripted faults by requested identifier, played in order; see [`Fault`].
     pub faults: HashMap<String, Vec<Fault>>,
+    /// Caps every storage body at this many bytes a second, so that a test can stop a
+    /// client while downloads are in flight. `None` serves as fast as the client reads.
+    pub storage_bytes_per_second: Option<u64>,
 }
 
 impl Default for SimConfig {
@@ -97,6 +100,7 @@ impl Default for SimConfig {
             sizes: HashMap::new(),
             same_content_as: HashMap::new(),
             faults: HashMap::new(),
+            storage_bytes_per_second: None,
         }
     }
 }

@@ -20,6 +20,7 @@ use axum::http::header::{
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
+use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
@@ -96,6 +97,7 @@ enum Plan {
     Truncate(u64),
     Reset,
     Expired,
+    Stall(u64),
 }
 
 /// Answers one request to the storage listener.
@@ -106,7 +108,7 @@ pub(super) fn answer(shared: &Shared, parts: &Parts) -> Answer {
     };
     match shared.faults.take(&object.identifier, plan) {
         Some((fault, plan)) => play(shared, parts, &object, plan).with_fault(fault),
-        None => deliver(shared, parts, &object, None),
+        None => deliver(shared, parts, &object, Shape::Whole),
     }
 }
 
@@ -152,7 +154,7 @@ fn parse_object(path: &str) -> Option<Object> {
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())
@@ -168,6 +170,7 @@ fn plan(fault: &Fault) -> Option<Plan> {
         Fault::StorageTruncate(bytes) => Some(Plan::Truncate(*bytes)),
         Fault::StorageReset => Some(Plan::Reset),
         Fault::StorageExpired => Some(Plan::Expired),
+        Fault::StorageStallAfter(bytes) => Some(Plan::Stall(*bytes)),
         Fault::ApiStatus(_) | Fault::ApiRedirect(_) => None,
     }
 }
@@ -175,15 +178,48 @@ fn plan(fault: &Fault) -> Option<Plan> {
 fn play(shared: &Shared, parts: &Parts, object: &Object, plan: Plan) -> Answer {
     match plan {
         Plan::Status(code) => scripted_status(code).into(),
-        Plan::Truncate(bytes) => deliver(shared, parts, object, Some(bytes)),
+        Plan::Truncate(bytes) => deliver(shared, parts, object, Shape::TruncateAfter(bytes)),
+        Plan::Stall(bytes) => deliver(shared, parts, object, Shape::StallAfter(bytes)),
         // The response is never sent; the connection resets before its first byte.
         Plan::Reset => Answer::from(Response::new(Body::empty())).with_cut(Some(Cut::Reset)),
         Plan::Expired => expired().into(),
     }
 }
 
-/// The object's bytes: all of them, or the range asked for, cut short if `truncate` says.
-fn deliver(shared: &Shared, parts: &Parts, object: &Object, truncate: Option<u64>) -> Answer {
+/// How a body is bent on purpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    Whole,
+    /// This many bytes, then the connection closes.
+    TruncateAfter(u64),
+    /// This many bytes, then silence on an open connection.
+    StallAfter(u64),
+}
+
+/// The body stream for `range`, stalled or throttled as configured.
+fn body_stream(shared: &Shared, content: Content, range: Range<u64>, shape: Shape) -> Body {
+    let throttle = shared.config.storage_bytes_per_second;
+    let (range, stall) = match shape {
+        Shape::StallAfter(bytes) => (range.start..range.end.min(range.start + bytes), true),
+        _ => (range, false),
+    };
+    let chunks = content.stream(range).then(move |chunk| async move {
+        // Pacing each chunk by its size gives the configured rate on average.
+        if let (Some(rate), Ok(bytes)) = (throttle, &chunk) {
+            let seconds = bytes.len() as f64 / rate.max(1) as f64;
+            tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+        }
+        chunk
+    });
+    if stall {
+        Body::from_stream(chunks.chain(futures::stream::pending()))
+    } else {
+        Body::from_stream(chunks)
+    }
+}
+
+/// The object's bytes: all of them, or the range asked for, bent as `shape` says.
+fn deliver(shared: &Shared, parts: &Parts, object: &Object, shape: Shape) -> Answer {
     let content = shared.config.content(object.kind, &object.identifier);
     let size = content.size();
     let (status, range) = match ask(&parts.headers, &content) {
@@ -192,7 +228,7 @@ fn deliver(shared: &Shared, parts: &Parts, object: &Object, truncate: Option<u64
         Ask::Unsatisfiable => return unsatisfiable(size).into(),
     };
     let length = range.end - range.start;
-    let mut response = Response::new(Body::from_stream(content.stream(range.clone())));
+    let mut response = Response::new(body_stream(shared, content, range.clone(), shape));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(CONTENT_LENGTH, length.into());
@@ -210,6 +246,10 @@ fn deliver(shared: &Shared, parts: &Parts, object: &Object, truncate: Option<u64
     }
     // A cut at or past the body's end would never fire and would stay armed for the
     // next response on the connection, so it is dropped: the body is complete anyway.
+    let truncate = match shape {
+        Shape::TruncateAfter(bytes) => Some(bytes),
+        Shape::Whole | Shape::StallAfter(_) => None,
+    };
     let cut = truncate.filter(|&bytes| bytes < length).map(Cut::AfterBody);
     Answer::from(response).with_cut(cut)
 }

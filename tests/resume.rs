@@ -1,0 +1,314 @@
+//! Resume and crash safety, as a user meets them: reruns that skip what is
+//! stored, downloads cut off and continued with `Range`, kill -9 at random
+//! moments, SIGTERM, a second run on a locked store, and a full disk.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{BIN, files_under, manifest, report_rows, run_against, sha256_of, unlimited};
+use identifai_fetch::journal::JournalIndex;
+use identifai_fetch::report::RowStatus;
+use identifai_fetch::simulator::{Endpoint, Fault, FileType, Received, SimConfig, Simulator};
+
+/// Every object is named by its hash, and nothing else is in `objects/`.
+fn assert_store_is_clean(out: &Path) {
+    for object in files_under(&out.join("objects")) {
+        let name = object.file_name().unwrap().to_str().unwrap().to_owned();
+        assert_eq!(name.len(), 64, "a stray file in objects/: {}", object.display());
+        assert_eq!(sha256_of(&object), name, "{} is corrupt", object.display());
+    }
+}
+
+/// The requests in `log` for identifier `id`: the API path's segment, or
+/// the storage path's hex-encoded name.
+fn requests_for<'a>(log: &'a [Received], id: &str) -> impl Iterator<Item = &'a Received> {
+    let api_path = format!("/{id}/download");
+    let hex: String = id.bytes().map(|b| format!("{b:02x}")).collect();
+    let storage_path = format!("/{hex}.");
+    log.iter().filter(move |r| r.target.contains(&api_path) || r.target.contains(&storage_path))
+}
+
+/// A child run of the binary, for tests that stop it from outside.
+fn spawn_run(
+    sim: &Simulator,
+    manifest: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> tokio::process::Child {
+    let url = sim.api_url();
+    let mut args = vec!["run", manifest.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    args.extend(["--api-url", &url]);
+    if !extra.contains(&"--rate") {
+        args.extend(["--rate", "1000/s"]);
+    }
+    args.extend_from_slice(extra);
+    tokio::process::Command::new(BIN)
+        .args(&args)
+        .env("IDENTIFAI_API_KEY", sim.api_key())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Waits (bounded) until the run has made `bytes` of a partial file durable.
+async fn wait_for_partial(out: &Path, bytes: u64) {
+    for _ in 0..400 {
+        let tmp = out.join("tmp");
+        let records = std::fs::read_dir(&tmp).into_iter().flatten().flatten();
+        for record in records.filter(|e| e.path().to_string_lossy().ends_with(".part.json")) {
+            let text = std::fs::read_to_string(record.path()).unwrap_or_default();
+            let durable = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|meta| meta["durable"].as_u64());
+            if durable.is_some_and(|durable| durable >= bytes) {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no partial file reached {bytes} bytes");
+}
+
+fn kill(child: &tokio::process::Child, signal: &str) {
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill").args([signal, &pid]).status().unwrap();
+    assert!(status.success());
+}
+
+async fn finish(child: tokio::process::Child) -> (i32, String) {
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the run ends in time")
+        .unwrap();
+    let code = output.status.code().unwrap_or(-1);
+    (code, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_skips_every_stored_row_without_a_request() {
+    let sim = unlimited(SimConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let rows: String = (0..12).map(|n| format!("image,img-{n}\n")).collect();
+    let path = manifest(dir.path(), &format!("type,identifier\n{rows}video,img-0\n"));
+    let out = dir.path().join("out");
+    assert_eq!(run_against(&sim, &path, &out, &[]).await.code, 0);
+    let before = sim.received().len();
+
+    let rerun_out = out.clone();
+    let seen = run_against(&sim, &path, &rerun_out, &[]).await;
+    assert_eq!(seen.code, 0, "{}", seen.stderr);
+    assert_eq!(sim.received().len(), before, "the rerun made no request at all");
+    let newest = latest_run(&out);
+    let report = read_rows(&newest);
+    assert!(report.iter().all(|r| r["status"] == "ok" && r["api_calls"] == "0"), "{report:?}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(newest.join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (summary["already_stored"].as_u64(), summary["api_calls"].as_u64()),
+        (Some(13), Some(0))
+    );
+}
+
+/// The most recent run folder under `out`.
+fn latest_run(out: &Path) -> PathBuf {
+    let mut runs: Vec<PathBuf> =
+        std::fs::read_dir(out.join("runs")).unwrap().map(|e| e.unwrap().path()).collect();
+    runs.sort();
+    runs.pop().unwrap()
+}
+
+fn read_rows(run: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    let mut reader = csv::Reader::from_path(run.join("report.csv")).unwrap();
+    let header = reader.headers().unwrap().clone();
+    reader
+        .records()
+        .map(|r| header.iter().map(String::from).zip(r.unwrap().iter().map(String::from)).collect())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_rows_and_lost_objects_are_fetched_again_and_manifests_share_the_store() {
+    let mut config = SimConfig::default();
+    config.faults.insert("flaky".into(), vec![Fault::ApiStatus(503)]);
+    let sim = unlimited(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let first = manifest(dir.path(), "type,identifier\nimage,flaky\nimage,kept\nimage,lost\n");
+    let seen = run_against(&sim, &first, &out, &["--max-attempts", "1"]).await;
+    assert_eq!(seen.code, 3, "{}", seen.stderr);
+
+    // Someone deletes an object behind the journal's back.
+    let lost_sha = sim.expected_sha256(FileType::Image, "lost");
+    let lost = out.join("objects/sha256").join(&lost_sha[..2]).join(&lost_sha);
+    std::fs::remove_file(&lost).unwrap();
+
+    // Another manifest into the same store, sharing two rows with the first.
+    let second = dir.path().join("second.csv");
+    std::fs::write(&second, "type,identifier\nimage,kept\nimage,flaky\nimage,lost\nimage,new\n")
+        .unwrap();
+    let before = sim.received().len();
+    let seen = run_against(&sim, &second, &out, &[]).await;
+    assert_eq!(seen.code, 0, "{}", seen.stderr);
+    let log = &sim.received()[before..];
+    assert_eq!(requests_for(log, "kept").count(), 0, "a stored row costs nothing");
+    assert_eq!(requests_for(log, "flaky").count(), 2, "a failed row is tried again");
+    assert_eq!(requests_for(log, "lost").count(), 2, "a lost object is fetched again");
+    assert!(lost.exists());
+    assert_store_is_clean(&out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_download_continues_with_a_range_request() {
+    let mut config = SimConfig::default();
+    config.sizes.insert("clip".into(), 3 << 20);
+    config.faults.insert("clip".into(), vec![Fault::StorageTruncate(1 << 20)]);
+    let sim = unlimited(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = manifest(dir.path(), "type,identifier\nvideo,clip\n");
+    let out = dir.path().join("out");
+    let seen = run_against(&sim, &path, &out, &[]).await;
+    assert_eq!(seen.code, 0, "{}", seen.stderr);
+
+    let storage: Vec<Received> =
+        sim.received().into_iter().filter(|r| r.endpoint == Endpoint::Storage).collect();
+    assert_eq!(storage.len(), 2);
+    assert_eq!(storage[0].header("range"), None);
+    assert_eq!(storage[1].header("range"), Some("bytes=1048576-"));
+    assert!(storage[1].header("if-range").is_some(), "the resume names what it continues");
+    assert_eq!(storage[1].status, Some(206));
+    let row = &report_rows(&out)[0];
+    assert_eq!(row["sha256"], sim.expected_sha256(FileType::Video, "clip"));
+    // Three MiB in all crossed the network, not four.
+    assert_eq!(common::summary(&out)["bytes_downloaded"], 3 << 20);
+    assert_store_is_clean(&out);
+    assert!(files_under(&out.join("tmp")).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_the_next_run_resumes_the_partial_file() {
+    let mut config = SimConfig::default();
+    config.sizes.insert("long".into(), 2 << 20);
+    config.faults.insert("long".into(), vec![Fault::StorageStallAfter(700_000)]);
+    let sim = unlimited(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = manifest(dir.path(), "type,identifier\nvideo,long\n");
+    let out = dir.path().join("out");
+    let child = spawn_run(&sim, &path, &out, &[]);
+    wait_for_partial(&out, 700_000).await;
+    kill(&child, "-9");
+    let (code, _) = finish(child).await;
+    assert_eq!(code, -1, "killed by the signal");
+
+    let before = sim.received().len();
+    let seen = run_against(&sim, &path, &out, &[]).await;
+    assert_eq!(seen.code, 0, "{}", seen.stderr);
+    let log = &sim.received()[before..];
+    let storage: Vec<&Received> = log.iter().filter(|r| r.endpoint == Endpoint::Storage).collect();
+    assert_eq!(storage.len(), 1);
+    assert_eq!(storage[0].header("range"), Some("bytes=700000-"));
+    assert_eq!(report_rows_latest(&out)[0]["sha256"], sim.expected_sha256(FileType::Video, "long"));
+    assert_store_is_clean(&out);
+}
+
+fn report_rows_latest(out: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    read_rows(&latest_run(out))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_downloads_go_for_the_grace_then_exits_4_resumably() {
+    let mut config = SimConfig::default();
+    config.sizes.insert("stuck".into(), 1 << 20);
+    config.faults.insert("stuck".into(), vec![Fault::StorageStallAfter(300_000)]);
+    let sim = unlimited(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let rows: String = (0..30).map(|n| format!("image,later-{n}\n")).collect();
+    let path = manifest(dir.path(), &format!("type,identifier\nvideo,stuck\n{rows}"));
+    let out = dir.path().join("out");
+    // One download slot, slow API: the stuck download blocks the rest.
+    let child =
+        spawn_run(&sim, &path, &out, &["--grace", "1s", "--concurrency", "1", "--rate", "2/s"]);
+    wait_for_partial(&out, 300_000).await;
+    let signalled = std::time::Instant::now();
+    kill(&child, "-TERM");
+    let (code, stderr) = finish(child).await;
+    assert_eq!(code, 4, "{stderr}");
+    assert!(signalled.elapsed() < Duration::from_secs(10), "the grace is 1 s");
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
+    let rows = report_rows(&out);
+    assert_eq!(rows.len(), 31, "every row is reported");
+    assert!(rows[0]["error"].contains("not finished"), "{:?}", rows[0]);
+    assert!(files_under(&out.join("tmp")).len() == 2, "the partial file and its record stay");
+
+    let seen = run_against(&sim, &path, &out, &[]).await;
+    assert_eq!(seen.code, 0, "{}", seen.stderr);
+    assert_store_is_clean(&out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_on_a_locked_store_is_turned_away() {
+    let mut config = SimConfig::default();
+    config.faults.insert("stuck".into(), vec![Fault::StorageStallAfter(1000)]);
+    let sim = unlimited(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = manifest(dir.path(), "type,identifier\nimage,stuck\n");
+    let out = dir.path().join("out");
+    let first = spawn_run(&sim, &path, &out, &[]);
+    wait_for_partial(&out, 1000).await;
+
+    let seen = run_against(&sim, &path, &out, &[]).await;
+    assert_eq!(seen.code, 5, "{}", seen.stderr);
+    let pid = first.id().unwrap().to_string();
+    assert!(seen.stderr.contains(&pid), "the message names the holder: {}", seen.stderr);
+    kill(&first, "-9");
+    finish(first).await;
+    // The holder died: its lock does not outlive it.
+    let seen = run_against(&sim, &path, &out, &[]).await;
+    assert_eq!(seen.code, 0, "{}", seen.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_twenty_moments_never_corrupts_or_refetches() {
+    // Slow bodies, so that kills land in the middle of downloads.
+    let config = SimConfig { storage_bytes_per_second: Some(2 << 20), ..SimConfig::default() };
+    let sim = unlimited(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let rows: String = (0..24).map(|n| format!("video,clip-{n}\nimage,img-{n}\n")).collect();
+    let path = manifest(dir.path(), &format!("type,identifier\n{rows}"));
+    let mut rng = fastrand::Rng::with_seed(20261203);
+    for round in 0..20 {
+        let out = dir.path().join(format!("out-{round}"));
+        let child = spawn_run(&sim, &path, &out, &["--concurrency", "6"]);
+        let delay = Duration::from_millis(rng.u64(100..1500));
+        tokio::time::sleep(delay).await;
+        kill(&child, "-9");
+        finish(child).await;
+        assert_store_is_clean(&out);
+
+        // What the killed run had finished must not be fetched again.
+        let done: HashSet<String> = JournalIndex::load(&out)
+            .unwrap()
+            .iter()
+            .filter(|(_, known)| known.status == RowStatus::Ok)
+            .map(|((_, id), _)| id.clone())
+            .collect();
+        let before = sim.received().len();
+        let seen = run_against(&sim, &path, &out, &["--concurrency", "6"]).await;
+        assert_eq!(seen.code, 0, "round {round} after {delay:?}: {}", seen.stderr);
+        let log = &sim.received()[before..];
+        for id in &done {
+            assert_eq!(requests_for(log, id).count(), 0, "round {round}: {id} fetched again");
+        }
+        assert_store_is_clean(&out);
+        let report = report_rows_latest(&out);
+        assert_eq!(report.len(), 48);
+        assert!(report.iter().all(|r| r["status"] == "ok"), "round {round}");
+    }
+}
