@@ -128,6 +128,11 @@ pub struct SimulateArgs {
     #[arg(long, value_name = "ID=BYTES", value_parser = parse_size)]
     pub size: Vec<(String, u64)>,
 
+    /// Serve every other identifier with this many bytes, instead of the
+    /// default sizes by type (20 KiB to 1 MiB).
+    #[arg(long, value_name = "BYTES")]
+    pub every_size: Option<u64>,
+
     /// Answer 404 for this identifier (repeatable).
     #[arg(long, value_name = "ID")]
     pub not_found: Vec<String>,

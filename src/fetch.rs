@@ -35,9 +35,10 @@ use crate::api::{Lease, body_excerpt, describe_transport};
 use crate::manifest::Kind;
 use crate::store::{Partial, PartialMeta, Store, StoreError};
 
-/// Chunks in flight between the network and the disk writer. With hyper's
-/// chunks of at most a few tens of KiB this caps the buffer at a few MiB.
-const CHUNKS_IN_FLIGHT: usize = 64;
+/// Chunks in flight between the network and the disk writer. Hyper reads up
+/// to ~400 KiB at a time, so this caps the queue near 3 MiB per download; the
+/// writer keeps up with the network, so a longer queue only costs memory.
+const CHUNKS_IN_FLIGHT: usize = 8;
 
 /// The writer's buffer: large writes keep the syscall count low.
 const WRITE_BUFFER: usize = 1 << 20;

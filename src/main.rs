@@ -133,6 +133,7 @@ async fn simulate_command(args: SimulateArgs) -> ExitCode {
     let limits = args.limits.limits().iter().map(|l| WindowLimit::new(l.calls, l.window));
     let mut config = SimConfig { limits: limits.collect(), ..SimConfig::default() };
     config.sizes.extend(args.size);
+    config.every_size = args.every_size;
     config.not_found.extend(args.not_found);
     let simulator = match Simulator::start_on(config, address).await {
         Ok(simulator) => simulator,

@@ -39,8 +39,8 @@ use crate::retry::{self, Decision, Failure, RetryBudget, RetryPolicy};
 use crate::shutdown::{Shutdown, StopCause};
 use crate::store::{Store, StoreError};
 
-/// A signed URL is valid for 60 minutes; we start no download on one older
-/// than this, so that a slow start cannot meet an expired signature.
+/// A signed URL is valid for 60 minutes; by default we start no download on
+/// one older than this, so that a slow start cannot meet an expired signature.
 pub const SAFE_LEASE_AGE: Duration = Duration::from_secs(50 * 60);
 
 /// Manifest entries read ahead of the tasks.
@@ -64,6 +64,8 @@ pub struct RunConfig {
     /// Stop gracefully on SIGINT and SIGTERM (the binary does; tests that
     /// run in-process do not).
     pub handle_signals: bool,
+    /// No download starts on a signed URL older than this.
+    pub max_url_age: Duration,
     /// Fixes the backoff jitter, for tests; random when `None`.
     pub jitter_seed: Option<u64>,
 }
@@ -83,6 +85,7 @@ impl RunConfig {
             grace: Duration::from_secs(30),
             deadline: None,
             handle_signals: false,
+            max_url_age: SAFE_LEASE_AGE,
             jitter_seed: None,
         }
     }
@@ -438,7 +441,7 @@ async fn try_once(
     api_calls: &mut u32,
 ) -> Result<Fetched, TryError> {
     let mut current = match lease.take() {
-        Some(fresh) if fresh.age() < SAFE_LEASE_AGE => fresh,
+        Some(fresh) if fresh.age() < context.max_url_age => fresh,
         _ => resolve(context, row, api_calls).await?,
     };
     let _slot = tokio::select! {
@@ -446,7 +449,7 @@ async fn try_once(
         () = context.shutdown.no_new_work() => return Err(TryError::Stopping),
     };
     // The wait for a slot can be long when large files are downloading.
-    if current.age() >= SAFE_LEASE_AGE {
+    if current.age() >= context.max_url_age {
         current = resolve(context, row, api_calls).await?;
     }
     let (kind, id) = (row.kind, row.requested_id());
@@ -505,6 +508,7 @@ struct Context {
     journal: JournalWriter,
     run_id: String,
     retry: RetryPolicy,
+    max_url_age: Duration,
     jitter_seed: u64,
     concurrency: usize,
     downloads: Semaphore,
@@ -547,6 +551,7 @@ impl Context {
             journal,
             run_id,
             retry: config.retry.clone(),
+            max_url_age: config.max_url_age,
             jitter_seed: config.jitter_seed.unwrap_or_else(|| fastrand::u64(..)),
             concurrency,
             downloads: Semaphore::new(concurrency),

@@ -133,3 +133,20 @@ async fn the_demo_runs_its_manifest_as_designed() {
     assert_eq!(summary.count(identifai_fetch::report::RowStatus::Duplicate), 1);
     assert_eq!((summary.api_calls, summary.rate_limited), (19, 0));
 }
+
+#[tokio::test(start_paused = true)]
+async fn urls_that_are_always_expired_end_the_row_instead_of_looping() {
+    let mut config = SimConfig { url_validity: Duration::ZERO, ..SimConfig::default() };
+    config.limits.clear();
+    let sim = Simulator::start(config).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut run_config = config_for(&sim, dir.path(), 1);
+    run_config.rate = "100/s".parse().unwrap();
+    let outcome = run(run_config).await.unwrap();
+    let rows = common::report_rows(&dir.path().join("out"));
+    assert_eq!(rows[0]["status"], "failed");
+    assert!(rows[0]["error"].contains("Request has expired"), "{:?}", rows[0]);
+    // The first URL, then one fresh URL per refusal, up to the bound.
+    assert_eq!(rows[0]["api_calls"], "4");
+    assert_eq!(outcome.summary.api_calls, 4);
+}

@@ -312,3 +312,98 @@ async fn kill_9_at_twenty_moments_never_corrupts_or_refetches() {
         assert!(report.iter().all(|r| r["status"] == "ok"), "round {round}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_that_waited_too_long_for_a_download_slot_is_resolved_again() {
+    // One download slot and two slow videos: whichever goes second has held
+    // its URL for about two seconds, and URLs count as stale after one.
+    // (The same logic guards the 60-minute URLs with a 50-minute limit.)
+    let mut config = SimConfig { storage_bytes_per_second: Some(1 << 20), ..SimConfig::default() };
+    config.every_size = Some(2 << 20);
+    let sim = unlimited(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = manifest(dir.path(), "type,identifier\nvideo,first\nvideo,second\n");
+    let key = identifai_fetch::api::ApiKey::new(sim.api_key()).unwrap();
+    let out = dir.path().join("out");
+    let mut config =
+        identifai_fetch::run::RunConfig::new(&path, &out, sim.api_url().parse().unwrap(), key);
+    config.concurrency = 1;
+    config.rate = "100/s".parse().unwrap();
+    config.max_url_age = Duration::from_secs(1);
+    let outcome = identifai_fetch::run::run(config).await.unwrap();
+
+    assert_eq!(outcome.summary.count_succeeded(), 2, "{:?}", outcome.summary);
+    let rows = report_rows(&out);
+    let mut calls: Vec<&str> = rows.iter().map(|r| r["api_calls"].as_str()).collect();
+    calls.sort();
+    assert_eq!(calls, ["1", "2"], "the URL that aged while waiting was replaced: {rows:?}");
+    assert!(sim.received().iter().all(|r| r.status != Some(403)), "no download met an expiry");
+}
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk {
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `size` (e.g. "1m") at `path`, or says why not.
+    fn mount(path: &Path, size: &str) -> Result<SmallDisk, String> {
+        std::fs::create_dir_all(path).unwrap();
+        let options = format!("size={size}");
+        let output = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &options, "tmpfs", path.to_str().unwrap()])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !output.status.success() {
+            return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+        }
+        Ok(SmallDisk { path: path.to_path_buf() })
+    }
+
+    fn grow(&self, size: &str) {
+        let options = format!("remount,size={size}");
+        let status = std::process::Command::new("mount")
+            .args(["-o", &options, self.path.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_the_run_and_a_rerun_after_freeing_space_completes() {
+    let mut config = SimConfig::default();
+    for n in 0..5 {
+        config.sizes.insert(format!("v{n}"), 400_000);
+    }
+    let sim = unlimited(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path =
+        manifest(dir.path(), "type,identifier\nvideo,v0\nvideo,v1\nvideo,v2\nvideo,v3\nvideo,v4\n");
+    let out = dir.path().join("out");
+    // A real file system that fills up: 1 MiB holds two of the five files.
+    let disk = match SmallDisk::mount(&out, "1m") {
+        Ok(disk) => disk,
+        Err(why) => panic!("this test needs root to mount a tmpfs (CI runs as root): {why}"),
+    };
+    let seen = run_against(&sim, &path, &out, &["--concurrency", "1"]).await;
+    assert_eq!(seen.code, 1, "{}", seen.stderr);
+    assert!(seen.stderr.contains("No space left"), "{}", seen.stderr);
+    assert!(seen.stderr.contains("free on the file system"), "{}", seen.stderr);
+    assert_store_is_clean(&out);
+    let stored = files_under(&out.join("objects")).len();
+    assert!((1..5).contains(&stored), "{stored} objects");
+
+    disk.grow("16m");
+    let seen = run_against(&sim, &path, &out, &["--concurrency", "1"]).await;
+    assert_eq!(seen.code, 0, "{}", seen.stderr);
+    assert_store_is_clean(&out);
+    assert_eq!(files_under(&out.join("objects")).len(), 5);
+    assert!(report_rows_latest(&out).iter().all(|r| r["status"] == "ok"));
+}

@@ -184,12 +184,14 @@ fn splitmix64(seed: u64, index: u64) -> u64 {
 /// The content served for `identifier` requested as `kind`.
 pub(super) fn lookup(
     sizes: &HashMap<String, u64>,
+    every_size: Option<u64>,
     aliases: &HashMap<String, String>,
     kind: FileType,
     identifier: &str,
 ) -> Content {
     let owner = owner(aliases, identifier);
-    let size = sizes.get(owner).copied().unwrap_or_else(|| default_size(kind, owner));
+    let fallback = || every_size.unwrap_or_else(|| default_size(kind, owner));
+    let size = sizes.get(owner).copied().unwrap_or_else(fallback);
     Content::new(owner, size)
 }
 
@@ -270,7 +272,7 @@ mod tests {
         let (sizes, aliases) = (HashMap::new(), HashMap::new());
         for kind in FileType::ALL {
             for n in 0..200 {
-                let size = lookup(&sizes, &aliases, kind, &format!("id-{n}")).size();
+                let size = lookup(&sizes, None, &aliases, kind, &format!("id-{n}")).size();
                 assert!(kind.default_sizes().contains(&size), "{kind} {size}");
             }
         }
@@ -280,11 +282,19 @@ mod tests {
     fn aliases_share_bytes_and_size_and_cycles_end() {
         let sizes = HashMap::from([("c".to_string(), 777)]);
         let chain = aliases(&[("a", "b"), ("b", "c")]);
-        let a = lookup(&sizes, &chain, FileType::Image, "a");
-        assert_eq!(a, lookup(&sizes, &chain, FileType::Image, "c"));
+        let a = lookup(&sizes, None, &chain, FileType::Image, "a");
+        assert_eq!(a, lookup(&sizes, None, &chain, FileType::Image, "c"));
         assert_eq!(a.size(), 777);
         let cycle = aliases(&[("x", "y"), ("y", "x")]);
-        let _ = lookup(&sizes, &cycle, FileType::Image, "x");
+        let _ = lookup(&sizes, None, &cycle, FileType::Image, "x");
+    }
+
+    #[test]
+    fn one_size_for_all_replaces_the_defaults_but_not_explicit_sizes() {
+        let sizes = HashMap::from([("big".to_owned(), 5000)]);
+        let none = HashMap::new();
+        assert_eq!(lookup(&sizes, Some(64), &none, FileType::Video, "any").size(), 64);
+        assert_eq!(lookup(&sizes, Some(64), &none, FileType::Video, "big").size(), 5000);
     }
 
     #[test]

@@ -73,6 +73,9 @@ pub struct SimConfig {
     pub forbidden: HashSet<String>,
     /// Body sizes in bytes by identifier, replacing the default size for its type.
     pub sizes: HashMap<String, u64>,
+    /// One size for every identifier not in `sizes`, replacing the defaults by type;
+    /// for runs of very many rows that should stay small.
+    pub every_size: Option<u64>,
     /// Identifiers that serve another identifier's bytes (key serves value's content).
     /// Chains are followed; the size rules then apply to the identifier at the end.
     pub same_content_as: HashMap<String, String>,
@@ -98,6 +101,7 @@ impl Default for SimConfig {
             not_found: HashSet::new(),
             forbidden: HashSet::new(),
             sizes: HashMap::new(),
+            every_size: None,
             same_content_as: HashMap::new(),
             faults: HashMap::new(),
             storage_bytes_per_second: None,
@@ -108,7 +112,7 @@ impl Default for SimConfig {
 impl SimConfig {
     /// The body served for `identifier` requested as `kind`, with aliases and sizes applied.
     pub fn content(&self, kind: FileType, identifier: &str) -> Content {
-        content::lookup(&self.sizes, &self.same_content_as, kind, identifier)
+        content::lookup(&self.sizes, self.every_size, &self.same_content_as, kind, identifier)
     }
 }
 
