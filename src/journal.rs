@@ -56,6 +56,14 @@ pub struct Known {
     pub sha256: String,
     pub bytes: Option<u64>,
     pub content_type: String,
+    /// The submission, and the frame or track when the request was one.
+    pub identifier: String,
+    pub frame_or_track_id: String,
+    /// The error of a row that did not succeed.
+    pub error: String,
+    /// When the row finished (RFC 3339) and in which run.
+    pub at: String,
+    pub run_id: String,
 }
 
 /// The journal read into memory: the latest outcome per (type, requested id).
@@ -96,6 +104,11 @@ impl JournalIndex {
             sha256: entry.sha256,
             bytes: entry.bytes,
             content_type: entry.content_type,
+            identifier: entry.identifier,
+            frame_or_track_id: entry.frame_or_track_id,
+            error: entry.error,
+            at: entry.at,
+            run_id: entry.run_id,
         };
         self.latest.insert((kind, entry.id), known);
     }
