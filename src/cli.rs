@@ -1,9 +1,13 @@
 //! The command line: subcommands, options and the help text that teaches them.
+//!
+//! Options of `run` that a job file can also set are optional here, with
+//! their defaults stated in the help: the command line overrides the job
+//! file, which overrides the defaults (see `settings`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use reqwest::Url;
 
 use crate::rate::RateSpec;
@@ -13,9 +17,10 @@ Exit codes:
   0  every row was downloaded (or is a duplicate of one that was)
   1  the run could not go on: the API refused the key (401), the output
      folder is not writable, a disk or I/O error
-  2  usage or configuration error: a bad option, no API key, a manifest
-     without the required columns
+  2  usage or configuration error: a bad option or job file, no API key,
+     a manifest without the required columns
   3  the run finished but some rows did not succeed; the report says which
+     (verify: something is missing or does not match)
   4  the run was stopped (SIGINT, SIGTERM or --deadline); run it again to resume
   5  another run holds the output folder's lock";
 
@@ -24,12 +29,14 @@ Examples:
   # One investigation's manifest, key from the environment:
   IDENTIFAI_API_KEY=... identifai-fetch run case-0412.csv --out /srv/evidence
 
-  # Nightly, key from a file (a systemd credential or a Kubernetes secret):
-  identifai-fetch run nightly.csv --out /srv/evidence \\
-      --api-key-file /run/credentials/identifai-fetch.service/api-key
+  # What would it do, and how long would the API budget take? No requests:
+  identifai-fetch run case-0412.csv --out /srv/evidence --dry-run
+
+  # Nightly from a job file, stopping gracefully after six hours:
+  identifai-fetch run --job /etc/identifai-fetch/nightly.toml --deadline 6h
 
   # Against the built-in simulator (see `identifai-fetch simulate`):
-  IDENTIFAI_API_KEY=sim-key identifai-fetch run jobs/demo/manifest.csv \\
+  IDENTIFAI_API_KEY=sim-key-7d2f4c1a9e6b identifai-fetch run jobs/demo/manifest.csv \\
       --out ./out --api-url http://127.0.0.1:8417";
 
 /// Downloads evidence files from the IdentifAI API v2 in bulk: rate-limited,
@@ -41,11 +48,29 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Download every row of a manifest into a content-addressed store.
     #[command(after_help = format!("{RUN_EXAMPLES}\n\n{EXIT_CODES}"))]
     Run(RunArgs),
+    /// Count what a run would fetch and how long the API budget needs; no requests.
+    #[command(after_help = "Example:\n  identifai-fetch plan case-0412.csv --out /srv/evidence")]
+    Plan(PlanArgs),
+    /// Re-hash every stored file and check it against its name and the journal.
+    #[command(after_help = "Examples:\n  identifai-fetch verify /srv/evidence\n  \
+        identifai-fetch verify /srv/evidence --quick   # presence and size only\n\n\
+        Exit codes: 0 clean, 3 something is missing or does not match (mismatched\n\
+        files are moved to DIR/quarantine/, never deleted), 1 the check could not run.")]
+    Verify(VerifyArgs),
+    /// What a store holds, its last runs, the rows still failing, and who holds its lock.
+    #[command(after_help = "Example:\n  identifai-fetch status /srv/evidence --last 5")]
+    Status(StatusArgs),
+    /// Rebuild DIR/by-id/, the view of stored files by submission id.
+    #[command(after_help = "Examples:\n  identifai-fetch link /srv/evidence\n  \
+        identifai-fetch link /mnt/usb-handover --view copy   # real files, no symlinks")]
+    Link(LinkArgs),
     /// Run the built-in IdentifAI API simulator, to try the tool without an account.
     #[command(after_help = "Examples:\n  identifai-fetch simulate --port 8417\n  \
         identifai-fetch simulate --limits 100/s --size big-video=2147483648")]
@@ -53,21 +78,35 @@ pub enum Command {
     /// Start the simulator and download the demo manifest into ./demo-out.
     #[command(after_help = format!("Example:\n  cargo run --release -- demo\n\n{EXIT_CODES}"))]
     Demo(DemoArgs),
+    /// Print a shell completion script.
+    #[command(after_help = "Example:\n  identifai-fetch completions bash \
+        > /etc/bash_completion.d/identifai-fetch")]
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff).
+    #[command(
+        after_help = "Example:\n  identifai-fetch man > /usr/local/share/man/man1/identifai-fetch.1"
+    )]
+    Man,
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The CSV manifest: a header with `type`, `identifier` and optionally
-    /// `frame_or_track_id`; other columns are carried into the report.
-    pub manifest: PathBuf,
+    /// `frame_or_track_id` and `sha256`; other columns are carried into the
+    /// report. May come from the job file instead.
+    pub manifest: Option<PathBuf>,
 
-    /// The output folder: `objects/`, `runs/<run-id>/` reports and `tmp/` go here.
+    /// The output folder: `objects/`, `runs/<run-id>/` reports, `by-id/`.
     #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
 
-    /// The API's base URL.
-    #[arg(long, value_name = "URL", default_value = "https://api.identifai.net")]
-    pub api_url: Url,
+    /// A TOML job file with any of the options below; flags given here win.
+    #[arg(long, value_name = "FILE")]
+    pub job: Option<PathBuf>,
+
+    /// The API's base URL [default: `https://api.identifai.net`].
+    #[arg(long, value_name = "URL")]
+    pub api_url: Option<Url>,
 
     #[command(flatten)]
     pub tuning: Tuning,
@@ -75,35 +114,142 @@ pub struct RunArgs {
     /// Read the API key from this file instead of IDENTIFAI_API_KEY.
     #[arg(long, value_name = "PATH")]
     pub api_key_file: Option<PathBuf>,
+
+    /// Only plan: count what would be fetched and how long it would take.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
-/// How hard a run may push.
+/// How hard a run may push, and when it stops.
 #[derive(Debug, Args)]
 pub struct Tuning {
     /// API call limits, all enforced together: N/s, N/min or N/h, comma
-    /// separated. N/min means at most N calls in any 60-second window.
-    #[arg(long, value_name = "SPEC", default_value = "2/s,60/min")]
-    pub rate: RateSpec,
+    /// separated; N/min means at most N calls in any 60-second window
+    /// [default: 2/s,60/min].
+    #[arg(long, value_name = "SPEC")]
+    pub rate: Option<RateSpec>,
 
-    /// Downloads in flight at once (API calls are paced separately).
-    #[arg(long, value_name = "N", default_value_t = 4,
-          value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub concurrency: u16,
+    /// Downloads in flight at once; API calls are paced separately [default: 4].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: Option<u16>,
 
-    /// Tries per row before it is reported failed (429 answers excepted).
-    #[arg(long, value_name = "N", default_value_t = 8,
-          value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub max_attempts: u32,
+    /// Tries per row before it is reported failed; 429 answers are not
+    /// tries [default: 8].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: Option<u32>,
 
     /// After SIGINT, SIGTERM or the deadline, how long downloads in flight
-    /// may take to finish before they are stopped (their partial files are
-    /// kept and resumed next time).
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    pub grace: Duration,
+    /// may take to finish; their partial files are kept and resumed next
+    /// time [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub grace: Option<Duration>,
 
     /// Stop gracefully after this long, e.g. `6h` to fit a cron window.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub deadline: Option<Duration>,
+}
+
+/// What a run shows and leaves besides the report.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Log lines as text or as JSON objects [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// Off a terminal, how often a progress line is logged [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub progress_interval: Option<Duration>,
+
+    /// No progress bar or progress lines (the closing summary stays).
+    #[arg(long, short)]
+    pub quiet: bool,
+
+    /// Write Prometheus metrics here at the end of the run (for
+    /// node_exporter's textfile collector).
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+
+    /// How DIR/by-id/ is built after the run: relative symlinks, real
+    /// copies, or not at all [default: symlink].
+    #[arg(long, value_name = "VIEW")]
+    pub view: Option<ViewChoice>,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Readable lines, for people.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// How the by-id view is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ViewChoice {
+    /// Relative symbolic links into objects/.
+    #[default]
+    Symlink,
+    /// Real files, for media without symbolic links.
+    Copy,
+    /// No view.
+    None,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The CSV manifest.
+    pub manifest: PathBuf,
+
+    /// The output folder a run would write into (only read).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+
+    /// The API limits to time the plan by [default: 2/s,60/min].
+    #[arg(long, value_name = "SPEC", default_value = "2/s,60/min")]
+    pub rate: RateSpec,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The output folder to check.
+    pub dir: PathBuf,
+
+    /// Check presence and size only; do not re-hash.
+    #[arg(long)]
+    pub quick: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The output folder.
+    pub dir: PathBuf,
+
+    /// How many of the latest runs to show.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub last: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct LinkArgs {
+    /// The output folder.
+    pub dir: PathBuf,
+
+    /// Relative symlinks, or real copies for media without symlinks.
+    #[arg(long, value_name = "VIEW", default_value = "symlink")]
+    pub view: ViewChoice,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    pub shell: clap_complete::Shell,
 }
 
 /// Durations such as `30s`, `90m`, `6h` or `1h30m`.
@@ -162,15 +308,14 @@ mod tests {
     }
 
     #[test]
-    fn run_takes_its_defaults() {
+    fn run_leaves_unset_options_to_the_job_file_and_defaults() {
         let cli = Cli::parse_from(["identifai-fetch", "run", "m.csv", "--out", "o"]);
         let Command::Run(args) = cli.command else { panic!("not run") };
-        assert_eq!(args.api_url.as_str(), "https://api.identifai.net/");
-        assert_eq!(args.tuning.rate, RateSpec::default());
-        assert_eq!(args.tuning.concurrency, 4);
-        assert_eq!(args.tuning.max_attempts, 8);
-        assert_eq!(args.tuning.grace, Duration::from_secs(30));
-        assert_eq!(args.tuning.deadline, None);
+        assert_eq!(args.api_url, None);
+        assert_eq!(args.tuning.rate, None);
+        assert_eq!(args.tuning.concurrency, None);
+        assert_eq!(args.output.view, None);
+        assert!(!args.dry_run);
     }
 
     #[test]
@@ -185,10 +330,17 @@ mod tests {
 
     #[test]
     fn a_bad_rate_names_the_option() {
-        let error =
-            Cli::try_parse_from(["identifai-fetch", "run", "m", "--out", "o", "--rate", "5/day"])
-                .unwrap_err()
-                .to_string();
+        let args = ["identifai-fetch", "run", "m", "--out", "o", "--rate", "5/day"];
+        let error = Cli::try_parse_from(args).unwrap_err().to_string();
         assert!(error.contains("--rate") && error.contains("5/day"), "{error}");
+    }
+
+    #[test]
+    fn every_subcommand_teaches_by_example() {
+        let mut command = Cli::command();
+        for sub in command.get_subcommands_mut() {
+            let help = sub.render_long_help().to_string();
+            assert!(help.contains("Example"), "`{}` has no example", sub.get_name());
+        }
     }
 }

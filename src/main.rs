@@ -2,16 +2,19 @@
 //! runs the subcommand and maps its outcome to an exit code (see `--help`).
 
 use std::io::IsTerminal;
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser;
-use identifai_fetch::api::ApiKey;
-use identifai_fetch::cli::{Cli, Command, RunArgs, SimulateArgs};
-use identifai_fetch::demo;
-use identifai_fetch::retry::RetryPolicy;
-use identifai_fetch::run::{RunConfig, RunError, RunOutcome, run};
+use clap::{CommandFactory, Parser};
+use identifai_fetch::cli::{
+    Cli, Command, CompletionsArgs, LinkArgs, LogFormat, PlanArgs, RunArgs, SimulateArgs,
+    StatusArgs, VerifyArgs, ViewChoice,
+};
+use identifai_fetch::run::{RunError, RunOutcome, run_with_progress};
+use identifai_fetch::settings::RunSettings;
 use identifai_fetch::simulator::{SimConfig, Simulator, WindowLimit};
+use identifai_fetch::{demo, metrics, plan, progress, status, verify, view};
 use tracing_subscriber::EnvFilter;
 
 /// Exit codes, as `--help` and the README document them.
@@ -21,61 +24,99 @@ const EXIT_ROWS_FAILED: u8 = 3;
 const EXIT_INTERRUPTED: u8 = 4;
 const EXIT_LOCKED: u8 = 5;
 
-/// The variable the API key is read from.
-const KEY_VARIABLE: &str = "IDENTIFAI_API_KEY";
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
     let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
     runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run_command(args).await,
-            Command::Simulate(args) => simulate_command(args).await,
-            Command::Demo(args) => demo_command(&args.out).await,
+            Command::Plan(args) => plan_command(&args),
+            Command::Verify(args) => with_logs(LogFormat::Text, || verify_command(&args)),
+            Command::Status(args) => status_command(&args),
+            Command::Link(args) => with_logs(LogFormat::Text, || link_command(&args)),
+            Command::Simulate(args) => {
+                init_logging(LogFormat::Text);
+                simulate_command(args).await
+            }
+            Command::Demo(args) => {
+                init_logging(LogFormat::Text);
+                demo_command(&args.out).await
+            }
+            Command::Completions(args) => completions_command(&args),
+            Command::Man => man_command(),
         }
     })
 }
 
-/// Logs go to stderr, so stdout stays for what a user asked to see.
-fn init_logging() {
+/// Logs go to stderr (above the progress bar, when one is drawn), so
+/// stdout stays for what a user asked to see.
+fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("identifai_fetch=info,warn"));
-    let colour = std::io::stderr().is_terminal();
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(colour)
-        .init();
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(progress::log_writer());
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        // JSON lines carry the row's span (line, type, id) with every event.
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
+    }
+}
+
+fn with_logs(format: LogFormat, command: impl FnOnce() -> ExitCode) -> ExitCode {
+    init_logging(format);
+    command()
 }
 
 async fn run_command(args: RunArgs) -> ExitCode {
-    let key = match api_key(&args) {
-        Ok(key) => key,
-        Err(message) => return fail(EXIT_USAGE, &message),
+    let settings = match RunSettings::resolve(args) {
+        Ok(settings) => settings,
+        Err(error) => return fail(EXIT_USAGE, &with_causes(&error)),
     };
-    let mut config = RunConfig::new(&args.manifest, &args.out, args.api_url, key);
-    config.rate = args.tuning.rate;
-    config.concurrency = usize::from(args.tuning.concurrency);
-    config.retry = RetryPolicy::with_max_attempts(args.tuning.max_attempts);
-    config.grace = args.tuning.grace;
-    config.deadline = args.tuning.deadline;
-    config.handle_signals = true;
-    exit_code(run(config).await)
+    if settings.dry_run {
+        return print_plan(&settings.manifest, &settings.out, &settings.rate);
+    }
+    let key = match settings.api_key(|name| std::env::var(name).ok()) {
+        Ok(key) => key,
+        Err(error) => return fail(EXIT_USAGE, &error.to_string()),
+    };
+    init_logging(settings.log_format);
+    let mode = progress::choose(
+        std::io::stderr().is_terminal(),
+        settings.progress_interval,
+        settings.quiet,
+    );
+    let result = run_with_progress(settings.run_config(key), mode).await;
+    if let Ok(outcome) = &result {
+        after_run(&settings, outcome);
+    }
+    exit_code(result)
 }
 
-/// The key from `--api-key-file`, else from the environment; never a flag
-/// value, which would show in `ps` and shell history.
-fn api_key(args: &RunArgs) -> Result<ApiKey, String> {
-    if let Some(path) = &args.api_key_file {
-        return ApiKey::from_file(path);
+/// The by-id view and the metrics file, once the report is written.
+fn after_run(settings: &RunSettings, outcome: &RunOutcome) {
+    if let Some(mode) = view_mode(settings.view) {
+        match view::rebuild(&settings.out, mode) {
+            Ok(stats) => {
+                tracing::info!(linked = stats.linked, copied = stats.copied, "by-id view rebuilt")
+            }
+            Err(error) => {
+                tracing::warn!(error = %with_causes(&error), "cannot rebuild the by-id view")
+            }
+        }
     }
-    match std::env::var(KEY_VARIABLE) {
-        Ok(value) => ApiKey::new(&value)
-            .ok_or_else(|| format!("{KEY_VARIABLE} is set but holds no usable key")),
-        Err(_) => Err(format!(
-            "no API key: set {KEY_VARIABLE} or pass --api-key-file PATH (nothing was requested)"
-        )),
+    if let Some(path) = &settings.metrics_file {
+        let now = std::time::SystemTime::now();
+        if let Err(error) = metrics::write(path, &outcome.summary, now) {
+            tracing::warn!(path = %path.display(), error = %error, "cannot write the metrics file");
+        }
+    }
+}
+
+fn view_mode(choice: ViewChoice) -> Option<view::ViewMode> {
+    match choice {
+        ViewChoice::Symlink => Some(view::ViewMode::Symlink),
+        ViewChoice::Copy => Some(view::ViewMode::Copy),
+        ViewChoice::None => None,
     }
 }
 
@@ -128,6 +169,103 @@ fn fail(code: u8, message: &str) -> ExitCode {
     ExitCode::from(code)
 }
 
+fn plan_command(args: &PlanArgs) -> ExitCode {
+    print_plan(&args.manifest, &args.out, &args.rate)
+}
+
+fn print_plan(manifest: &Path, out: &Path, rate: &identifai_fetch::rate::RateSpec) -> ExitCode {
+    match plan::plan(manifest, out) {
+        Ok(plan) => {
+            print!("{}", plan::render(&plan, rate));
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(EXIT_USAGE, &with_causes(&error)),
+    }
+}
+
+fn verify_command(args: &VerifyArgs) -> ExitCode {
+    let options = verify::VerifyOptions { quick: args.quick, threads: None };
+    let outcome = match verify::verify(&args.dir, &options) {
+        Ok(outcome) => outcome,
+        Err(error) => return fail(EXIT_RUN_STOPPED, &with_causes(&error)),
+    };
+    print_verification(&outcome);
+    if outcome.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_ROWS_FAILED) }
+}
+
+fn print_verification(outcome: &verify::VerifyOutcome) {
+    if let Some(holder) = &outcome.run_in_progress {
+        println!("note: a run is in progress ({holder}); its downloads are not checked yet");
+    }
+    let size = identifai_fetch::disk::human_bytes(outcome.bytes_checked);
+    println!(
+        "checked {} objects ({size}) in {:.1}s",
+        outcome.objects_checked,
+        outcome.elapsed.as_secs_f64()
+    );
+    for bad in &outcome.mismatched {
+        println!(
+            "MISMATCH {}: content hashes to {}; moved to {}",
+            bad.object.display(),
+            bad.found,
+            bad.quarantined.display()
+        );
+    }
+    for gone in &outcome.missing {
+        println!("MISSING  {} {}: {} ({})", gone.kind, gone.id, gone.sha256, gone.reason);
+    }
+    for stray in &outcome.stray {
+        println!("STRAY    {} (moved to quarantine/)", stray.display());
+    }
+    for unreadable in &outcome.unreadable {
+        println!("UNREADABLE {}: {}", unreadable.object.display(), unreadable.error);
+    }
+    let verdict = if outcome.is_clean() { "clean" } else { "PROBLEMS FOUND" };
+    println!("{verdict}; report: {}", outcome.report_path.display());
+}
+
+fn status_command(args: &StatusArgs) -> ExitCode {
+    match status::status(&args.dir, args.last) {
+        Ok(found) => {
+            print!("{}", status::render(&found));
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(EXIT_RUN_STOPPED, &with_causes(&error)),
+    }
+}
+
+fn link_command(args: &LinkArgs) -> ExitCode {
+    let Some(mode) = view_mode(args.view) else {
+        return fail(EXIT_USAGE, "--view none builds nothing; use symlink or copy");
+    };
+    match view::rebuild(&args.dir, mode) {
+        Ok(stats) => {
+            let made = stats.linked + stats.copied;
+            println!(
+                "{}: {made} entries ({} skipped)",
+                args.dir.join("by-id").display(),
+                stats.skipped
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(EXIT_RUN_STOPPED, &with_causes(&error)),
+    }
+}
+
+fn completions_command(args: &CompletionsArgs) -> ExitCode {
+    let mut command = Cli::command();
+    clap_complete::generate(args.shell, &mut command, "identifai-fetch", &mut std::io::stdout());
+    ExitCode::SUCCESS
+}
+
+fn man_command() -> ExitCode {
+    let page = clap_mangen::Man::new(Cli::command());
+    match page.render(&mut std::io::stdout()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(EXIT_RUN_STOPPED, &format!("cannot write the man page: {error}")),
+    }
+}
+
 async fn simulate_command(args: SimulateArgs) -> ExitCode {
     let address = std::net::SocketAddr::from(([127, 0, 0, 1], args.port));
     let limits = args.limits.limits().iter().map(|l| WindowLimit::new(l.calls, l.window));
@@ -154,13 +292,16 @@ async fn simulate_command(args: SimulateArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn demo_command(out: &std::path::Path) -> ExitCode {
+async fn demo_command(out: &Path) -> ExitCode {
     match demo::run_demo(out).await.context("the demo could not run") {
         Ok(Ok(outcome)) if demo::went_as_designed(&outcome.summary) => {
+            if let Err(error) = view::rebuild(out, view::ViewMode::Symlink) {
+                tracing::warn!(error = %error, "cannot build the by-id view");
+            }
             let report = outcome.report_dir.join("report.csv");
             println!("demo done: {} rows, one deliberately missing (404)", outcome.summary.rows);
             println!("report: {}", report.display());
-            println!("files:  {}", out.join("objects").display());
+            println!("files:  {}", out.join("by-id").display());
             ExitCode::SUCCESS
         }
         Ok(result) => exit_code(result),

@@ -1,7 +1,8 @@
 //! Streams a download manifest: the CSV file that lists which evidence files to fetch.
 //!
 //! The header row names the columns. `type` and `identifier` are required, `frame_or_track_id`
-//! is optional, and every other column is an "extra" that travels untouched into the report.
+//! and `sha256` (the file's hash as the vendor's results give it) are optional, and every
+//! other column is an "extra" that travels untouched into the report.
 //! Each data record becomes an [`Entry`]: a [`Row`] ready to resolve, or an [`InvalidRow`] that
 //! says why it cannot be, so one bad line never stops the batch. Only a broken header or a
 //! failing read ends the manifest early, as a [`ManifestError`].
@@ -23,6 +24,7 @@ use std::str::FromStr;
 const TYPE: &str = "type";
 const IDENTIFIER: &str = "identifier";
 const FRAME_OR_TRACK_ID: &str = "frame_or_track_id";
+const SHA256: &str = "sha256";
 
 /// The longest `identifier` or `frame_or_track_id` accepted, in bytes.
 pub const MAX_ID_BYTES: usize = 1024;
@@ -98,6 +100,8 @@ pub struct Row {
     pub frame_or_track_id: Option<String>,
     /// One value per [`Manifest::extra_columns`] entry, exactly as written.
     pub extra: Vec<String>,
+    /// The file's expected SHA-256 (64 lower-case hex), when the manifest gives it.
+    pub sha256: Option<String>,
 }
 
 impl Row {
@@ -262,6 +266,7 @@ struct Layout {
     kind: usize,
     identifier: usize,
     frame: Option<usize>,
+    sha256: Option<usize>,
     extra: Vec<usize>,
     extra_names: Vec<String>,
 }
@@ -280,10 +285,12 @@ impl Layout {
         let kind = require_column(&names, TYPE)?;
         let identifier = require_column(&names, IDENTIFIER)?;
         let frame = find_column(&names, FRAME_OR_TRACK_ID)?;
-        let known = [Some(kind), Some(identifier), frame];
+        let sha256 = find_column(&names, SHA256)?;
+        let known = [Some(kind), Some(identifier), frame, sha256];
         let extra: Vec<usize> = (0..names.len()).filter(|i| !known.contains(&Some(*i))).collect();
         let extra_names = extra.iter().map(|&i| names[i].clone()).collect();
-        Ok(Layout { width: names.len(), kind, identifier, frame, extra, extra_names })
+        let width = names.len();
+        Ok(Layout { width, kind, identifier, frame, sha256, extra, extra_names })
     }
 
     fn classify(&self, line: u64, fields: Fields<'_>) -> Entry {
@@ -315,6 +322,10 @@ impl Layout {
             Some(i) => checked_id(fields, i, FRAME_OR_TRACK_ID)?,
             None => "",
         };
+        let sha256 = match self.sha256 {
+            Some(i) => checked_sha256(checked_value(fields, i, SHA256)?)?,
+            None => None,
+        };
         let extra = self
             .extra
             .iter()
@@ -330,6 +341,7 @@ impl Layout {
             identifier: identifier.to_owned(),
             frame_or_track_id: (!frame.is_empty()).then(|| frame.to_owned()),
             extra,
+            sha256,
         })
     }
 
@@ -386,6 +398,17 @@ fn checked_id<'a>(fields: Fields<'a>, i: usize, name: &str) -> Result<&'a str, S
         return Err(format!("{name} is {len} bytes long (the limit is {MAX_ID_BYTES})"));
     }
     Ok(value)
+}
+
+/// An expected hash: empty means none; otherwise 64 hex digits, kept lower-case.
+fn checked_sha256(value: &str) -> Result<Option<String>, String> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    if value.len() != 64 || !value.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!("sha256 {value:?} is not 64 hexadecimal digits"));
+    }
+    Ok(Some(value.to_ascii_lowercase()))
 }
 
 /// The field as text, or `None` when it is not UTF-8. A missing field reads as empty.
@@ -666,6 +689,7 @@ mod tests {
                 identifier: "vid-1".into(),
                 frame_or_track_id: Some("frame-9".into()),
                 extra: strings(&["b1", "first"]),
+                sha256: None,
             }),
             Entry::Valid(Row {
                 line: 3,
@@ -673,6 +697,7 @@ mod tests {
                 identifier: "img-2".into(),
                 frame_or_track_id: None,
                 extra: strings(&["b1", ""]),
+                sha256: None,
             }),
             Entry::Valid(Row {
                 line: 4,
@@ -680,6 +705,7 @@ mod tests {
                 identifier: "aud-3".into(),
                 frame_or_track_id: Some("track-2".into()),
                 extra: strings(&["b2", "last one"]),
+                sha256: None,
             }),
         ];
         assert_eq!(rows, expected);
@@ -695,6 +721,19 @@ mod tests {
         assert_eq!(row.kind, Kind::Image);
         assert_eq!(row.frame_or_track_id, None);
         assert_eq!(row.extra, ["hello"]);
+    }
+
+    #[test]
+    fn an_expected_hash_is_checked_and_kept_lower_case() {
+        let upper = "AB".repeat(32);
+        let text =
+            format!("type,identifier,SHA256,note\nimage,a,{upper},n\nimage,b,,m\nimage,c,xyz,o\n");
+        let rows = entries(text.as_bytes());
+        assert_eq!(valid(&rows[0]).sha256, Some("ab".repeat(32)));
+        assert_eq!(valid(&rows[0]).extra, ["n"], "sha256 is a known column, not an extra");
+        assert_eq!(valid(&rows[1]).sha256, None);
+        let Entry::Invalid(bad) = &rows[2] else { panic!("a bad hash is an invalid row") };
+        assert_eq!(bad.reason, "line 4: sha256 \"xyz\" is not 64 hexadecimal digits");
     }
 
     #[test]

@@ -163,6 +163,8 @@ type Pacer = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Tok
 /// The gate every API call passes: the pacer for the key, plus the pause
 /// that a 429 closes for every task until the server's window resets.
 pub struct ApiGate {
+    /// The time between calls, margin included.
+    spacing: Duration,
     /// Taken in turn (tokio's mutex is fair), so rows reach the API in the
     /// order they asked and none is starved by luckier wake-ups.
     turn: tokio::sync::Mutex<()>,
@@ -194,6 +196,7 @@ impl ApiGate {
             .allow_burst(NonZeroU32::MIN);
         let clock = TokioClock { origin: Instant::now() };
         ApiGate {
+            spacing,
             turn: tokio::sync::Mutex::new(()),
             pacer: RateLimiter::direct_with_clock(quota, clock.clone()),
             clock,
@@ -267,6 +270,11 @@ impl ApiGate {
     /// pause, and a test's paused clock moves it too.
     pub fn wall_now(&self) -> SystemTime {
         self.wall_at_origin + self.clock.origin.elapsed()
+    }
+
+    /// The time between API calls, as paced.
+    pub fn spacing(&self) -> Duration {
+        self.spacing
     }
 
     /// API calls let through so far.

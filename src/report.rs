@@ -27,17 +27,21 @@ pub enum RowStatus {
     Forbidden,
     /// The manifest row itself is unusable.
     Invalid,
+    /// The file was downloaded (and stored under its own hash), but its hash
+    /// is not the one the manifest expects.
+    HashMismatch,
     /// Everything else: retries ran out, a refused redirect, a stopped run.
     Failed,
 }
 
 impl RowStatus {
-    pub const ALL: [RowStatus; 6] = [
+    pub const ALL: [RowStatus; 7] = [
         RowStatus::Ok,
         RowStatus::Duplicate,
         RowStatus::NotFound,
         RowStatus::Forbidden,
         RowStatus::Invalid,
+        RowStatus::HashMismatch,
         RowStatus::Failed,
     ];
 
@@ -48,6 +52,7 @@ impl RowStatus {
             RowStatus::NotFound => "not_found",
             RowStatus::Forbidden => "forbidden",
             RowStatus::Invalid => "invalid",
+            RowStatus::HashMismatch => "hash_mismatch",
             RowStatus::Failed => "failed",
         }
     }

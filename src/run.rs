@@ -33,6 +33,7 @@ use crate::fetch::{FetchError, Fetched, StorageClient};
 use crate::journal::{JournalEntry, JournalIndex, JournalWriter, Known};
 use crate::lock::{LockError, StoreLock};
 use crate::manifest::{Entry, InvalidRow, Kind, Manifest, ManifestError, Row};
+use crate::progress;
 use crate::rate::{ApiGate, RateSpec};
 use crate::report::{Report, RowRecord, RowStatus, Summary};
 use crate::retry::{self, Decision, Failure, RetryBudget, RetryPolicy};
@@ -129,6 +130,14 @@ pub struct RunOutcome {
 
 /// Runs the manifest to the end, or until something stops the whole run.
 pub async fn run(config: RunConfig) -> Result<RunOutcome, RunError> {
+    run_with_progress(config, progress::Mode::Quiet).await
+}
+
+/// [`run`], showing progress as `mode` says.
+pub async fn run_with_progress(
+    config: RunConfig,
+    mode: progress::Mode,
+) -> Result<RunOutcome, RunError> {
     let manifest = Manifest::open(&config.manifest)?;
     // The lock comes first: nothing in the folder is touched while another
     // run may be writing it.
@@ -152,10 +161,13 @@ pub async fn run(config: RunConfig) -> Result<RunOutcome, RunError> {
         "run started"
     );
     let context = Arc::new(Context::new(&config, store, report, known, journal, run_id.clone())?);
-    let started = Instant::now();
+    count_in_background(&context, &config);
+    let reporter = progress::Reporter::start(mode, context.clone());
     let watcher = spawn_stop_watch(&context, &config);
     dispatch(&context, read_in_background(manifest)).await;
     watcher.abort();
+    reporter.finish().await;
+    let started = context.started;
     let summary = context.summarize(run_id, started.elapsed());
     let report_dir = context.finish_report(&summary)?;
     log_summary(&summary);
@@ -179,6 +191,45 @@ fn spawn_stop_watch(context: &Arc<Context>, config: &RunConfig) -> tokio::task::
             context.shutdown.stop_now(StopCause::Interrupted("grace period over".into()));
         }
     })
+}
+
+/// Counts the manifest's rows, and those that need an API call, on a
+/// blocking thread while the run goes on: the progress bar's total and the
+/// ETA come from it. The run itself never waits for it.
+fn count_in_background(context: &Arc<Context>, config: &RunConfig) {
+    let context = context.clone();
+    let (manifest, out) = (config.manifest.clone(), config.out.clone());
+    tokio::task::spawn_blocking(move || {
+        if let Ok(counted) = crate::plan::plan(&manifest, &out) {
+            let _ = context.counted.set(counted);
+        }
+    });
+}
+
+impl progress::Source for Context {
+    fn snapshot(&self) -> progress::Snapshot {
+        let (rows_done, rows_failed) = {
+            let ledger = self.ledger();
+            let counts = ledger.report.as_ref().map(Report::counts).unwrap_or_default();
+            let succeeded: u64 = counts.get("ok").copied().unwrap_or(0)
+                + counts.get("duplicate").copied().unwrap_or(0);
+            (ledger.rows, ledger.rows.saturating_sub(succeeded))
+        };
+        let counted = self.counted.get();
+        let fetched = self.rows_fetched.load(Ordering::Relaxed);
+        let gate = self.api.gate();
+        progress::Snapshot {
+            rows_total: counted.map(|plan| plan.rows),
+            rows_done,
+            rows_failed,
+            bytes_received: self.storage.received_bytes(),
+            api_calls: gate.calls(),
+            api_calls_left: counted.map(|plan| plan.to_fetch.saturating_sub(fetched)),
+            api_spacing: gate.spacing(),
+            paused_for: gate.pause_remaining(),
+            elapsed: self.started.elapsed(),
+        }
+    }
 }
 
 /// A sortable, unique run id: the UTC start time, with a suffix in the rare
@@ -287,6 +338,7 @@ async fn row_task(context: Arc<Context>, row: Row, position: u64, _permit: Owned
         result = fetch_row(&context, &row).instrument(span) => result,
         () = context.shutdown.everything_ends() => RowResult::unfinished(&context),
     };
+    context.rows_fetched.fetch_add(1, Ordering::Relaxed);
     if result.finished
         && let Err(error) = context.journal_row(&row, &result).await
     {
@@ -352,9 +404,8 @@ async fn fetch_row(context: &Context, row: &Row) -> RowResult {
         let error = match try_once(context, row, &mut lease, &mut api_calls).await {
             Ok(fetched) => {
                 let attempts = budget.attempt();
-                let error = String::new();
+                let (status, error) = check_expected_hash(row, &fetched);
                 let fetched = Some(fetched);
-                let status = RowStatus::Ok;
                 return RowResult { status, fetched, attempts, api_calls, error, finished: true };
             }
             Err(error) => error,
@@ -416,6 +467,18 @@ async fn fetch_row(context: &Context, row: &Row) -> RowResult {
                 return result;
             }
         }
+    }
+}
+
+/// A download whose hash is not the one the manifest names is kept (it is
+/// stored under its own hash, so nothing is corrupt) but the row says so.
+fn check_expected_hash(row: &Row, fetched: &Fetched) -> (RowStatus, String) {
+    match &row.sha256 {
+        Some(expected) if *expected != fetched.sha256 => {
+            let error = format!("expected sha256 {expected}, got {}", fetched.sha256);
+            (RowStatus::HashMismatch, error)
+        }
+        _ => (RowStatus::Ok, String::new()),
     }
 }
 
@@ -516,6 +579,11 @@ struct Context {
     ledger: Mutex<Ledger>,
     retries: AtomicU64,
     already_stored: AtomicU64,
+    /// Rows whose task ended, for the API calls still to come.
+    rows_fetched: AtomicU64,
+    /// The background count of the manifest, once done.
+    counted: std::sync::OnceLock<crate::plan::Plan>,
+    started: Instant,
 }
 
 struct Ledger {
@@ -559,6 +627,9 @@ impl Context {
             ledger: Mutex::new(ledger),
             retries: AtomicU64::new(0),
             already_stored: AtomicU64::new(0),
+            rows_fetched: AtomicU64::new(0),
+            counted: std::sync::OnceLock::new(),
+            started: Instant::now(),
         })
     }
 
@@ -600,27 +671,12 @@ impl Context {
         }
     }
 
-    /// The journal's word that this row's file is stored, checked against
-    /// the store: the object must be there with its size.
+    /// Whether this row's file is stored already (see [`stored_copy`]).
     fn stored_already(&self, row: &Row) -> Option<Settled> {
-        let known: &Known = self.known.get(row.kind, row.requested_id())?;
-        if known.status != RowStatus::Ok || !self.store.has_object(&known.sha256, known.bytes) {
-            return None;
-        }
+        let fetched = stored_copy(&self.store, &self.known, row)?;
         self.already_stored.fetch_add(1, Ordering::Relaxed);
-        let fetched = Fetched {
-            sha256: known.sha256.clone(),
-            bytes: known.bytes.unwrap_or_default(),
-            content_type: Some(known.content_type.clone()).filter(|t| !t.is_empty()),
-            object: Store::relative_object_path(&known.sha256),
-            resumed_from: 0,
-        };
-        Some(Settled {
-            line: row.line,
-            status: RowStatus::Ok,
-            fetched: Some(fetched),
-            error: String::new(),
-        })
+        let (line, status, error) = (row.line, RowStatus::Ok, String::new());
+        Some(Settled { line, status, fetched: Some(fetched), error })
     }
 
     fn record(&self, position: u64, record: RowRecord) {
@@ -723,6 +779,34 @@ fn http_client(total_timeout: Option<Duration>) -> reqwest::Result<Client> {
         None => builder,
     }
     .build()
+}
+
+/// The stored copy of a row's file, if there is one: the manifest names its
+/// hash and the object is there, or the journal says the request ended `ok`
+/// and the object is there with its size. Such a row needs no API call.
+pub fn stored_copy(store: &Store, journal: &JournalIndex, row: &Row) -> Option<Fetched> {
+    let known = journal.get(row.kind, row.requested_id()).filter(|known| {
+        known.status == RowStatus::Ok && store.has_object(&known.sha256, known.bytes)
+    });
+    match (&row.sha256, known) {
+        (Some(expected), _) if store.has_object(expected, None) => {
+            let known = known.filter(|known| known.sha256 == *expected);
+            Some(stored_object(expected, store.object_size(expected), known))
+        }
+        (None, Some(known)) => Some(stored_object(&known.sha256, known.bytes, Some(known))),
+        _ => None,
+    }
+}
+
+fn stored_object(sha256: &str, bytes: Option<u64>, known: Option<&Known>) -> Fetched {
+    let content_type = known.map(|known| known.content_type.clone()).filter(|t| !t.is_empty());
+    Fetched {
+        sha256: sha256.to_owned(),
+        bytes: bytes.unwrap_or_default(),
+        content_type,
+        object: Store::relative_object_path(sha256),
+        resumed_from: 0,
+    }
 }
 
 fn row_record(row: &Row, result: &RowResult) -> RowRecord {

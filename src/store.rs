@@ -65,6 +65,11 @@ impl Store {
         Ok(store)
     }
 
+    /// The store at `root` as it is, for reading: nothing is created.
+    pub fn existing(root: &Path) -> Store {
+        Store { root: root.to_path_buf() }
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -95,6 +100,12 @@ impl Store {
             Ok(meta) => meta.is_file() && bytes.is_none_or(|bytes| meta.len() == bytes),
             Err(_) => false,
         }
+    }
+
+    /// The object's size, if it is stored.
+    pub fn object_size(&self, sha256_hex: &str) -> Option<u64> {
+        let path = (sha256_hex.len() == 64).then(|| self.object_path(sha256_hex))?;
+        fs::metadata(path).ok().filter(|meta| meta.is_file()).map(|meta| meta.len())
     }
 
     /// The partial download of one request. Its name comes from the request,

@@ -373,3 +373,60 @@ async fn bad_options_are_usage_errors() {
     let help = run_bin(&["run", "--help"], &[]).await;
     assert!(help.stdout.contains("Exit codes:"), "{}", help.stdout);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expected_hashes_skip_the_api_or_flag_a_mismatch() {
+    let mut config = SimConfig::default();
+    config.same_content_as.insert("copy-of-a".into(), "a".into());
+    let sim = unlimited(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let first = manifest(dir.path(), "type,identifier\nimage,a\n");
+    assert_eq!(run_against(&sim, &first, &out, &[]).await.code, 0);
+    let api_calls = sim.api_calls();
+
+    // The vendor's results give each file's hash: a row whose file is
+    // stored already costs nothing, even under another identifier.
+    let sha_a = sim.expected_sha256(FileType::Image, "a");
+    let wrong = "0".repeat(64);
+    let second = dir.path().join("second.csv");
+    let text = format!("type,identifier,sha256\nimage,copy-of-a,{sha_a}\nimage,b,{wrong}\n");
+    std::fs::write(&second, text).unwrap();
+    let seen = run_against(&sim, &second, &out, &[]).await;
+    assert_eq!(seen.code, 3, "{}", seen.stderr);
+    assert_eq!(sim.api_calls(), api_calls + 1, "only row b asked the API");
+    let runs = std::fs::read_dir(out.join("runs")).unwrap().count();
+    assert_eq!(runs, 2);
+    let newest = std::fs::read_dir(out.join("runs")).unwrap().map(|e| e.unwrap().path()).max();
+    let mut reader = csv::Reader::from_path(newest.unwrap().join("report.csv")).unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!((&rows[0][4], &rows[0][10]), ("ok", "0"));
+    assert_eq!(&rows[1][4], "hash_mismatch");
+    assert!(rows[1][11].contains(&wrong), "{:?}", rows[1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_counts_and_times_without_a_request() {
+    let sim = unlimited(SimConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let stored = manifest(dir.path(), "type,identifier\nimage,a\n");
+    assert_eq!(run_against(&sim, &stored, &out, &[]).await.code, 0);
+    let requests = sim.received().len();
+
+    let planned = dir.path().join("planned.csv");
+    let rows = "type,identifier\nimage,a\nimage,b\nimage,a\nsound,c\nvideo,d\n";
+    std::fs::write(&planned, rows).unwrap();
+    let (manifest_arg, out_arg) = (planned.to_str().unwrap(), out.to_str().unwrap());
+    for args in [
+        vec!["plan", manifest_arg, "--out", out_arg],
+        vec!["run", manifest_arg, "--out", out_arg, "--dry-run"],
+    ] {
+        let seen = run_bin(&args, &[]).await;
+        assert_eq!(seen.code, 0, "{args:?}: {}", seen.stderr);
+        let counts = "5 rows: 2 to fetch, 1 already stored, 1 duplicates, 1 invalid";
+        assert!(seen.stdout.contains(counts), "{}", seen.stdout);
+        assert!(seen.stdout.contains("API budget: 2 calls"), "{}", seen.stdout);
+    }
+    assert_eq!(sim.received().len(), requests, "a plan makes no request");
+}
