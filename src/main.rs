@@ -238,6 +238,11 @@ fn link_command(args: &LinkArgs) -> ExitCode {
     let Some(mode) = view_mode(args.view) else {
         return fail(EXIT_USAGE, "--view none builds nothing; use symlink or copy");
     };
+    // A run rebuilds the view too: one writer at a time.
+    let _lock = match identifai_fetch::lock::StoreLock::acquire(&args.dir) {
+        Ok(lock) => lock,
+        Err(error) => return fail(EXIT_LOCKED, &with_causes(&error)),
+    };
     match view::rebuild(&args.dir, mode) {
         Ok(stats) => {
             let made = stats.linked + stats.copied;
