@@ -217,7 +217,27 @@ fn path(value: &Value, base: &Path) -> Result<PathBuf, String> {
     if text.starts_with('~') {
         return Err(format!("{text:?}: `~` is not expanded in job files; write the full path"));
     }
-    Ok(base.join(text))
+    Ok(tidy(&base.join(text)))
+}
+
+/// Folds `a/b/../c` into `a/c` and drops `.` without asking the file system,
+/// so reports show `demo-out/runs/…` rather than `jobs/demo/../../demo-out`.
+/// A `..` that would climb above the start of a relative path is kept.
+// Known limit: folding is lexical, so a `..` after a symlinked folder lands
+// beside the link rather than beside its target; job files rarely do that.
+fn tidy(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut parts: Vec<Component<'_>> = Vec::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(parts.last(), Some(Component::Normal(_))) => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    if parts.is_empty() { PathBuf::from(".") } else { parts.iter().collect() }
 }
 
 fn url(value: &Value) -> Result<Url, String> {
@@ -268,6 +288,20 @@ fn choice<T: ValueEnum>(value: &Value) -> Result<T, String> {
         .collect();
     let text = string(value, names.first().map_or("", |name| name.trim_matches('"')))?;
     T::from_str(text, false).map_err(|_| format!("expected {}, not {text:?}", names.join(" or ")))
+}
+
+#[cfg(test)]
+mod tidy_tests {
+    use super::tidy;
+    use std::path::Path;
+
+    #[test]
+    fn paths_fold_without_the_file_system() {
+        assert_eq!(tidy(Path::new("jobs/demo/../../demo-out")), Path::new("demo-out"));
+        assert_eq!(tidy(Path::new("/etc/./job/../store")), Path::new("/etc/store"));
+        assert_eq!(tidy(Path::new("../up/./x")), Path::new("../up/x"));
+        assert_eq!(tidy(Path::new("a/..")), Path::new("."));
+    }
 }
 
 #[cfg(test)]
@@ -368,7 +402,7 @@ mod tests {
         let text = "manifest = \"m.csv\"\nout = \"../out\"\napi_key_file = \"/abs/key\"";
         let job = Job::parse(text, Path::new("jobs/demo/job.toml")).unwrap();
         assert_eq!(job.manifest, Some("jobs/demo/m.csv".into()));
-        assert_eq!(job.out, Some("jobs/demo/../out".into()));
+        assert_eq!(job.out, Some("jobs/out".into()), "folded for reading");
         assert_eq!(job.api_key, Some(KeySource::File("/abs/key".into())));
 
         // A job file named without a folder is in the current one.

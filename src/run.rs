@@ -642,10 +642,10 @@ impl Context {
     /// file (then this row is answered when that one finishes).
     fn claim(&self, row: &Row, position: u64) -> bool {
         // Outside the ledger lock: it touches the disk.
-        let stored = self.stored_already(row);
+        let stored = stored_copy(&self.store, &self.known, row);
         let mut ledger = self.ledger();
         match ledger.keys.get_mut(&row_key(row)) {
-            None => match stored {
+            None => match stored.map(|fetched| self.already_stored(row, fetched)) {
                 Some(settled) => {
                     let mut record = duplicate_record(row, &settled);
                     record.status = RowStatus::Ok;
@@ -671,12 +671,11 @@ impl Context {
         }
     }
 
-    /// Whether this row's file is stored already (see [`stored_copy`]).
-    fn stored_already(&self, row: &Row) -> Option<Settled> {
-        let fetched = stored_copy(&self.store, &self.known, row)?;
+    /// Counts a row answered from the store, and settles its key.
+    fn already_stored(&self, row: &Row, fetched: Fetched) -> Settled {
         self.already_stored.fetch_add(1, Ordering::Relaxed);
         let (line, status, error) = (row.line, RowStatus::Ok, String::new());
-        Some(Settled { line, status, fetched: Some(fetched), error })
+        Settled { line, status, fetched: Some(fetched), error }
     }
 
     fn record(&self, position: u64, record: RowRecord) {

@@ -96,7 +96,8 @@ async fn a_rerun_skips_every_stored_row_without_a_request() {
     let sim = unlimited(SimConfig::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let rows: String = (0..12).map(|n| format!("image,img-{n}\n")).collect();
-    let path = manifest(dir.path(), &format!("type,identifier\n{rows}video,img-0\n"));
+    let text = format!("type,identifier\n{rows}video,img-0\nimage,img-1\n");
+    let path = manifest(dir.path(), &text);
     let out = dir.path().join("out");
     assert_eq!(run_against(&sim, &path, &out, &[]).await.code, 0);
     let before = sim.received().len();
@@ -107,7 +108,11 @@ async fn a_rerun_skips_every_stored_row_without_a_request() {
     assert_eq!(sim.received().len(), before, "the rerun made no request at all");
     let newest = latest_run(&out);
     let report = read_rows(&newest);
-    assert!(report.iter().all(|r| r["status"] == "ok" && r["api_calls"] == "0"), "{report:?}");
+    assert!(
+        report[..13].iter().all(|r| r["status"] == "ok" && r["api_calls"] == "0"),
+        "{report:?}"
+    );
+    assert_eq!(report[13]["status"], "duplicate", "a repeat is still a duplicate");
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(newest.join("summary.json")).unwrap())
             .unwrap();
