@@ -107,7 +107,8 @@ pub enum ApiError {
     UnsendableIdentifier { identifier: String },
 }
 
-fn excerpt_suffix(body: &str) -> String {
+/// `: <body>` after an error status, or nothing when the body was empty.
+pub(crate) fn excerpt_suffix(body: &str) -> String {
     if body.is_empty() { String::new() } else { format!(": {body}") }
 }
 

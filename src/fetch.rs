@@ -64,7 +64,7 @@ pub struct Fetched {
 /// What can go wrong fetching a signed URL.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("storage answered {status}{}", if body.is_empty() { String::new() } else { format!(": {body}") })]
+    #[error("storage answered {status}{}", crate::api::excerpt_suffix(body))]
     Status { status: StatusCode, body: String },
     #[error("storage answered {status} (a redirect), which we do not follow")]
     Redirected { status: StatusCode },
@@ -259,6 +259,9 @@ struct Sink {
 impl Sink {
     /// Hashes the kept prefix, then hashes and writes every chunk, making
     /// progress durable now and then. Returns the digest and total length.
+    // Known limit: this blocking thread lives as long as the download, and
+    // tokio does not auto-advance a paused test clock while one runs, so
+    // paused-clock tests cannot drive a download that waits on timers.
     fn drain(
         mut self,
         mut chunks: mpsc::Receiver<Bytes>,

@@ -21,6 +21,9 @@ use serde::{Deserialize, Serialize};
 use crate::manifest::Kind;
 use crate::report::RowStatus;
 
+// Known limit: the journal only grows (a line per finished row, failed rows
+// again on every retry run); nothing compacts it yet. Loading keeps only the
+// latest line per request, so memory follows the distinct requests.
 pub const FILE_NAME: &str = "journal.jsonl";
 
 /// One journal line: how a request ended.

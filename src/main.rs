@@ -286,11 +286,9 @@ async fn simulate_command(args: SimulateArgs) -> ExitCode {
     };
     println!("IdentifAI simulator listening on {}", simulator.api_url());
     println!("API key: {}", simulator.api_key());
-    println!(
-        "Try: IDENTIFAI_API_KEY={} identifai-fetch run jobs/demo/manifest.csv --out ./out --api-url {}",
-        simulator.api_key(),
-        simulator.api_url()
-    );
+    let (key, url) = (simulator.api_key(), simulator.api_url());
+    println!("Try: IDENTIFAI_API_KEY={key} identifai-fetch run jobs/demo/manifest.csv \\");
+    println!("         --out ./out --api-url {url}");
     println!("Ctrl-C stops it.");
     let _ = tokio::signal::ctrl_c().await;
     simulator.shutdown().await;

@@ -145,6 +145,9 @@ pub struct Report {
     jsonl: BufWriter<File>,
     extra_columns: Vec<String>,
     /// Finished rows waiting for an earlier row, keyed by manifest order.
+    // Known limit: while one early row retries for minutes, every row after
+    // it waits here; the buffer holds those rows' records (a few hundred
+    // bytes each) rather than spilling to disk.
     waiting: BTreeMap<u64, RowRecord>,
     next: u64,
     counts: HashMap<RowStatus, u64>,

@@ -589,6 +589,9 @@ struct Context {
 struct Ledger {
     /// Taken out when the run finishes.
     report: Option<Report>,
+    // Known limit: one entry per distinct request for the run's life (the
+    // key, the hash and the object path), so that a duplicate far down the
+    // manifest is answered at once; about 200 bytes a row.
     keys: HashMap<RowKey, KeyState>,
     rows: u64,
     report_error: Option<std::io::Error>,

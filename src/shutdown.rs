@@ -92,10 +92,12 @@ impl Shutdown {
         self.stop_gracefully(StopCause::Interrupted(first.clone()));
         tokio::select! {
             name = next_signal() => {
-                self.stop_now(StopCause::Interrupted(format!("{first}, then {name}: stopped at once")));
+                let reason = format!("{first}, then {name}: stopped at once");
+                self.stop_now(StopCause::Interrupted(reason));
             }
             () = tokio::time::sleep(grace) => {
-                warn!(grace_s = grace.as_secs_f64(), "grace period over: ending downloads in flight");
+                let grace_s = grace.as_secs_f64();
+                warn!(grace_s, "grace period over: ending downloads in flight");
                 self.immediate.cancel();
             }
             () = self.everything_ends() => {}
