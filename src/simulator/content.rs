@@ -53,6 +53,8 @@ impl FileType {
     }
 
     /// The `Content-Type` storage sends.
+    // Known limit: a frame or audio track of a video is served as the video's
+    // type (video/mp4), since the URL names only the type the API was asked for.
     pub(super) fn mime(self) -> &'static str {
         match self {
             FileType::Audio => "audio/mpeg",
