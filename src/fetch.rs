@@ -126,18 +126,44 @@ impl StorageClient {
         };
         let content_type = header_text(response.headers(), CONTENT_TYPE);
         let file = if offset == 0 { partial.begin(&meta)? } else { partial.reopen(offset)? };
-        let sink = Sink { file, partial: partial.clone(), meta, offset };
-        let length = sink.meta.length;
+        let mut meta = meta;
+        let sink = Sink { file, partial: partial.clone(), meta: meta.clone(), offset };
         let (sha256, bytes) = self.stream_to(sink, response).await?;
-        if let Some(expected) = length.filter(|&expected| expected != bytes) {
+        if let Some(expected) = meta.length.filter(|&expected| expected != bytes) {
             return Err(FetchError::Truncated { expected, received: bytes });
         }
-        let committing = store.clone();
-        let hex = sha256.clone();
-        let object = tokio::task::spawn_blocking(move || committing.commit(&partial, &hex))
-            .await
-            .expect("the commit thread does not panic")?;
+        // Whole and durable: record the hash before the file moves, so that
+        // a crash from here on never costs the next run a download.
+        (meta.durable, meta.length, meta.sha256) = (bytes, Some(bytes), Some(sha256.clone()));
+        meta.content_type.clone_from(&content_type);
+        partial.checkpoint(&meta)?;
+        let object = commit(store, partial, sha256.clone()).await?;
         Ok(Fetched { sha256, bytes, content_type, object, resumed_from: offset })
+    }
+
+    /// A download an earlier attempt received whole, finished without a
+    /// request: its object is in place already (the crash came before the
+    /// journal), or its file is complete and only needs to move there.
+    pub async fn recover(
+        &self,
+        store: &Store,
+        kind: Kind,
+        id: &str,
+    ) -> Result<Option<Fetched>, FetchError> {
+        let partial = store.partial(kind, id);
+        let Some(meta) = partial.finished() else { return Ok(None) };
+        let (sha256, bytes) = (meta.sha256.clone().unwrap_or_default(), meta.length.unwrap_or(0));
+        let content_type = meta.content_type.clone();
+        if store.has_object(&sha256, Some(bytes)) {
+            let object = Store::relative_object_path(&sha256);
+            return Ok(Some(Fetched { sha256, bytes, content_type, object, resumed_from: bytes }));
+        }
+        if !partial.holds_whole(&meta) || rehash(&partial).await.as_deref() != Some(&sha256) {
+            partial.discard();
+            return Ok(None);
+        }
+        let object = commit(store, partial, sha256.clone()).await?;
+        Ok(Some(Fetched { sha256, bytes, content_type, object, resumed_from: bytes }))
     }
 
     /// Streams the body into the sink; returns the hex SHA-256 of the whole
@@ -172,6 +198,25 @@ impl StorageClient {
             None => Ok((hex(&digest), bytes)),
         }
     }
+}
+
+async fn commit(store: &Store, partial: Partial, sha256: String) -> Result<PathBuf, FetchError> {
+    let store = store.clone();
+    let committed = tokio::task::spawn_blocking(move || store.commit(&partial, &sha256));
+    Ok(committed.await.expect("the commit thread does not panic")?)
+}
+
+/// The hash of a partial file's bytes, read back; `None` if unreadable.
+async fn rehash(partial: &Partial) -> Option<String> {
+    let path = partial.data_path().to_path_buf();
+    let hashing = tokio::task::spawn_blocking(move || {
+        let mut file = File::open(path).ok()?;
+        let length = file.metadata().ok()?.len();
+        let mut hasher = Sha256::new();
+        hash_prefix(&mut file, length, &mut hasher).ok()?;
+        Some(hex(&hasher.finalize()))
+    });
+    hashing.await.ok().flatten()
 }
 
 /// Where the body that `response` carries starts, given what we asked for;
@@ -216,6 +261,8 @@ fn fresh_meta(response: &Response) -> PartialMeta {
         last_modified: header_text(response.headers(), LAST_MODIFIED),
         length: response.content_length(),
         durable: 0,
+        sha256: None,
+        content_type: header_text(response.headers(), CONTENT_TYPE),
     }
 }
 

@@ -339,14 +339,25 @@ async fn row_task(context: Arc<Context>, row: Row, position: u64, _permit: Owned
         () = context.shutdown.everything_ends() => RowResult::unfinished(&context),
     };
     context.rows_fetched.fetch_add(1, Ordering::Relaxed);
-    if result.finished
-        && let Err(error) = context.journal_row(&row, &result).await
-    {
-        let path = context.journal.path().display().to_string();
-        let reason = format!("cannot write the journal {path}: {error}");
-        context.shutdown.stop_now(StopCause::Fatal(reason));
+    if result.finished {
+        match context.journal_row(&row, &result).await {
+            // Journaled: a record of a whole download has done its job.
+            Ok(()) => forget_finished_download(&context.store, &row),
+            Err(error) => {
+                let path = context.journal.path().display().to_string();
+                let reason = format!("cannot write the journal {path}: {error}");
+                context.shutdown.stop_now(StopCause::Fatal(reason));
+            }
+        }
     }
     context.finish_row(position, &row, result);
+}
+
+fn forget_finished_download(store: &Store, row: &Row) {
+    let partial = store.partial(row.kind, row.requested_id());
+    if partial.finished().is_some() {
+        partial.discard();
+    }
 }
 
 /// Why one try of a row failed.
@@ -398,6 +409,9 @@ impl RowResult {
 async fn fetch_row(context: &Context, row: &Row) -> RowResult {
     let seed = context.jitter_seed ^ row.line;
     let mut budget = RetryBudget::new(context.retry.clone(), seed);
+    if let Some(result) = recover_finished(context, row).await {
+        return result;
+    }
     let mut lease = None;
     let mut api_calls = 0;
     loop {
@@ -468,6 +482,23 @@ async fn fetch_row(context: &Context, row: &Row) -> RowResult {
             }
         }
     }
+}
+
+/// A row an earlier run received whole but did not journal: no request.
+async fn recover_finished(context: &Context, row: &Row) -> Option<RowResult> {
+    let (kind, id) = (row.kind, row.requested_id());
+    let fetched = match context.storage.recover(&context.store, kind, id).await {
+        Ok(found) => found?,
+        Err(error) => {
+            let reason = stop_reason(&TryError::Storage(error));
+            context.shutdown.stop_now(StopCause::Fatal(reason));
+            return Some(RowResult { finished: false, ..RowResult::unfinished(context) });
+        }
+    };
+    info!("finished from a download an earlier run received whole");
+    let (status, error) = check_expected_hash(row, &fetched);
+    let fetched = Some(fetched);
+    Some(RowResult { status, fetched, attempts: 0, api_calls: 0, error, finished: true })
 }
 
 /// A download whose hash is not the one the manifest names is kept (it is

@@ -120,15 +120,19 @@ impl Store {
         }
     }
 
-    /// Moves a finished, fsynced partial file into place under its hash.
+    /// Moves a finished, fsynced partial file into place under its hash. The
+    /// record stays behind, naming the hash, until the row is in the journal:
+    /// a crash in between must not cost the next run a download.
     /// Blocking: call it from a blocking thread.
     pub fn commit(&self, partial: &Partial, sha256_hex: &str) -> Result<PathBuf, StoreError> {
         let relative = Self::relative_object_path(sha256_hex);
         let target = self.root.join(&relative);
         let fan_out = target.parent().expect("an object path has a parent");
         if target.exists() {
-            partial.discard();
-            return Ok(relative); // The same bytes are already stored.
+            // The same bytes are already stored; the record stays until the
+            // row is journaled (see `Partial::forget`).
+            let _ = fs::remove_file(&partial.data);
+            return Ok(relative);
         }
         if !fan_out.exists() {
             fs::create_dir_all(fan_out).map_err(at("cannot create", fan_out))?;
@@ -141,7 +145,6 @@ impl Store {
             .map_err(at("cannot make read-only", &partial.data))?;
         fs::rename(&partial.data, &target).map_err(at("cannot move into place", &target))?;
         sync_dir(fan_out)?;
-        let _ = fs::remove_file(&partial.meta);
         Ok(relative)
     }
 
@@ -169,7 +172,7 @@ fn is_resumable(path: &Path) -> bool {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     if let Some(stem) = name.strip_suffix(PART_META) {
         let data = path.with_file_name(format!("{stem}{PART}"));
-        return data.is_file() && read_meta(path).is_some();
+        return read_meta(path).is_some_and(|meta| meta.sha256.is_some() || data.is_file());
     }
     if let Some(stem) = name.strip_suffix(PART) {
         return read_meta(&path.with_file_name(format!("{stem}{PART_META}"))).is_some();
@@ -191,6 +194,12 @@ pub struct PartialMeta {
     pub length: Option<u64>,
     /// Bytes known to be on disk (fsynced): resuming starts here at most.
     pub durable: u64,
+    /// Set once the whole file is received and fsynced: its hash, and its
+    /// content type for the report.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub content_type: Option<String>,
 }
 
 impl PartialMeta {
@@ -262,6 +271,18 @@ impl Partial {
         let _ = fs::remove_file(&self.data);
         let _ = fs::remove_file(&self.meta);
     }
+
+    /// The record of a download that was received whole (its hash known),
+    /// whether or not its file has reached `objects/` yet.
+    pub fn finished(&self) -> Option<PartialMeta> {
+        read_meta(&self.meta).filter(|meta| meta.sha256.is_some() && meta.length.is_some())
+    }
+
+    /// Whether the partial file holds exactly `length` durable bytes.
+    pub fn holds_whole(&self, meta: &PartialMeta) -> bool {
+        let on_disk = fs::metadata(&self.data).map(|m| m.len()).ok();
+        meta.length.is_some_and(|length| on_disk == Some(length) && meta.durable == length)
+    }
 }
 
 fn read_meta(path: &Path) -> Option<PartialMeta> {
@@ -279,6 +300,8 @@ mod tests {
             last_modified: None,
             length: Some(length),
             durable,
+            sha256: None,
+            content_type: None,
         }
     }
 
@@ -319,6 +342,7 @@ mod tests {
         partial.begin(&meta(3, 0)).unwrap().write_all(b"abc").unwrap();
         let hex = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
         let relative = store.commit(&partial, hex).unwrap();
+        partial.discard(); // As the run does once the row is journaled.
         let object = dir.path().join(&relative);
         assert_eq!(fs::read(&object).unwrap(), b"abc");
         assert!(fs::metadata(&object).unwrap().permissions().readonly());
@@ -330,6 +354,7 @@ mod tests {
         again.begin(&meta(3, 0)).unwrap().write_all(b"abc").unwrap();
         assert_eq!(store.commit(&again, hex).unwrap(), relative);
         assert!(!again.data_path().exists());
+        again.discard();
     }
 
     #[test]
@@ -338,6 +363,10 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let partial = store.partial(Kind::Video, "keep");
         partial.begin(&meta(10, 4)).unwrap().write_all(&[0; 4]).unwrap();
+        // A record of a whole download outlives its file: it names the hash.
+        let finished = store.partial(Kind::Image, "moved");
+        let whole = PartialMeta { sha256: Some("ab".repeat(32)), ..meta(10, 10) };
+        finished.checkpoint(&whole).unwrap();
         let orphan = store.tmp_dir().join("0123.part");
         let torn = store.tmp_dir().join("4567.part.json");
         fs::write(&orphan, b"x").unwrap();
@@ -345,6 +374,7 @@ mod tests {
         let later = SystemTime::now() + std::time::Duration::from_secs(5);
         assert_eq!(store.clean_tmp(later).unwrap(), 2);
         assert!(partial.resume_point().is_some());
+        assert!(finished.finished().is_some());
         assert!(!orphan.exists() && !torn.exists());
     }
 }

@@ -412,3 +412,54 @@ async fn a_full_disk_stops_the_run_and_a_rerun_after_freeing_space_completes() {
     assert_eq!(files_under(&out.join("objects")).len(), 5);
     assert!(report_rows_latest(&out).iter().all(|r| r["status"] == "ok"));
 }
+
+/// The state a kill leaves between "received whole" and "journaled": the
+/// partial record names the hash; the file is still in tmp/ (`moved` false)
+/// or already in objects/ (`moved` true).
+fn leave_a_finished_download(out: &Path, sim: &Simulator, id: &str, moved: bool) {
+    use identifai_fetch::store::{PartialMeta, Store};
+    use std::io::Write;
+    let store = Store::open(out).unwrap();
+    let content = sim.content(FileType::Image, id);
+    let bytes = content.bytes(0..content.size());
+    let sha256 = sim.expected_sha256(FileType::Image, id);
+    let partial = store.partial(identifai_fetch::manifest::Kind::Image, id);
+    let mut meta = PartialMeta {
+        etag: Some("\"x\"".into()),
+        last_modified: None,
+        length: Some(bytes.len() as u64),
+        durable: 0,
+        sha256: None,
+        content_type: Some("image/jpeg".into()),
+    };
+    partial.begin(&meta).unwrap().write_all(&bytes).unwrap();
+    (meta.durable, meta.sha256) = (bytes.len() as u64, Some(sha256.clone()));
+    partial.checkpoint(&meta).unwrap();
+    if moved {
+        store.commit(&partial, &sha256).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_received_whole_before_a_kill_costs_no_request() {
+    let sim = unlimited(SimConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    leave_a_finished_download(&out, &sim, "in-tmp", false);
+    leave_a_finished_download(&out, &sim, "in-objects", true);
+    let path = manifest(dir.path(), "type,identifier\nimage,in-tmp\nimage,in-objects\n");
+    let seen = run_against(&sim, &path, &out, &[]).await;
+    assert_eq!(seen.code, 0, "{}", seen.stderr);
+    assert_eq!(sim.received().len(), 0, "neither row asked the API or storage");
+    let rows = report_rows(&out);
+    for (row, id) in rows.iter().zip(["in-tmp", "in-objects"]) {
+        assert_eq!(row["sha256"], sim.expected_sha256(FileType::Image, id));
+        assert_eq!((row["status"].as_str(), row["api_calls"].as_str()), ("ok", "0"));
+    }
+    assert_store_is_clean(&out);
+    assert!(files_under(&out.join("tmp")).is_empty(), "the records are forgotten once journaled");
+    // And the journal now knows them: a second rerun skips them outright.
+    let seen = run_against(&sim, &path, &out, &[]).await;
+    assert_eq!(seen.code, 0, "{}", seen.stderr);
+    assert_eq!(sim.received().len(), 0);
+}
