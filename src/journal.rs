@@ -80,6 +80,17 @@ pub struct JournalIndex {
 impl JournalIndex {
     /// Reads `DIR/journal.jsonl`; a missing journal is an empty one.
     pub fn load(dir: &Path) -> io::Result<JournalIndex> {
+        JournalIndex::load_with(dir, Detail::Full)
+    }
+
+    /// Reads only what a run needs to skip stored rows (status, hash, size,
+    /// content type): the other text fields stay empty, which keeps a
+    /// 100,000-row store's index a fraction of the size.
+    pub fn load_outcomes(dir: &Path) -> io::Result<JournalIndex> {
+        JournalIndex::load_with(dir, Detail::Outcome)
+    }
+
+    fn load_with(dir: &Path, detail: Detail) -> io::Result<JournalIndex> {
         let file = match File::open(dir.join(FILE_NAME)) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(JournalIndex::default()),
@@ -89,7 +100,7 @@ impl JournalIndex {
         for line in BufReader::new(file).split(b'\n') {
             let line = line?;
             match serde_json::from_slice::<JournalEntry>(&line) {
-                Ok(entry) => index.insert(entry),
+                Ok(entry) => index.insert(detail.keep(entry)),
                 Err(_) if line.iter().all(u8::is_ascii_whitespace) => {}
                 Err(_) => index.skipped_lines += 1,
             }
@@ -139,6 +150,31 @@ impl JournalIndex {
     /// Every request and its latest outcome.
     pub fn iter(&self) -> impl Iterator<Item = (&(Kind, String), &Known)> {
         self.latest.iter()
+    }
+}
+
+/// How much of each entry an index keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Detail {
+    Full,
+    Outcome,
+}
+
+impl Detail {
+    fn keep(self, mut entry: JournalEntry) -> JournalEntry {
+        if self == Detail::Outcome {
+            // Empty strings own no memory; the key and outcome stay.
+            for text in [
+                &mut entry.identifier,
+                &mut entry.frame_or_track_id,
+                &mut entry.error,
+                &mut entry.at,
+                &mut entry.run_id,
+            ] {
+                *text = String::new();
+            }
+        }
+        entry
     }
 }
 
@@ -277,6 +313,21 @@ mod tests {
         let index = JournalIndex::load(dir.path()).unwrap();
         assert!(index.get(Kind::Image, "c").is_some(), "the new line is not glued to the torn one");
         assert_eq!(index.skipped_lines, 1);
+    }
+
+    #[tokio::test]
+    async fn a_run_loads_only_the_outcomes() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = JournalWriter::open(dir.path()).unwrap();
+        let ticket = writer.append(&entry("a", RowStatus::Ok)).unwrap();
+        writer.durable(ticket).await.unwrap();
+        let slim = JournalIndex::load_outcomes(dir.path()).unwrap();
+        let known = slim.get(Kind::Image, "a").unwrap();
+        assert_eq!((known.status, known.bytes), (RowStatus::Ok, Some(10)));
+        assert_eq!(known.sha256, "ab".repeat(32));
+        assert!(known.identifier.is_empty() && known.run_id.is_empty());
+        let full = JournalIndex::load(dir.path()).unwrap();
+        assert_eq!(full.get(Kind::Image, "a").unwrap().identifier, "a");
     }
 
     #[test]

@@ -95,10 +95,11 @@ async fn run_command(args: RunArgs) -> ExitCode {
 /// The by-id view and the metrics file, once the report is written.
 fn after_run(settings: &RunSettings, outcome: &RunOutcome) {
     if let Some(mode) = view_mode(settings.view) {
-        match view::rebuild(&settings.out, mode) {
-            Ok(stats) => {
+        match view::refresh(&settings.out, mode) {
+            Ok(Some(stats)) => {
                 tracing::info!(linked = stats.linked, copied = stats.copied, "by-id view rebuilt")
             }
+            Ok(None) => tracing::debug!("by-id view unchanged: the journal has not changed"),
             Err(error) => {
                 tracing::warn!(error = %with_causes(&error), "cannot rebuild the by-id view")
             }

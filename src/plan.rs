@@ -43,7 +43,7 @@ impl Plan {
 /// Reads the manifest and the store's journal and counts.
 pub fn plan(manifest: &Path, out: &Path) -> Result<Plan, PlanError> {
     let entries = Manifest::open(manifest)?;
-    let journal = JournalIndex::load(out)
+    let journal = JournalIndex::load_outcomes(out)
         .map_err(|source| PlanError::Journal { path: out.to_path_buf(), source })?;
     let store = Store::existing(out);
     let mut plan = Plan::default();

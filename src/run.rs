@@ -147,7 +147,7 @@ pub async fn run_with_progress(
     let cleaned = store.clean_tmp(started_wall)?;
     let journal_path = store.root().join(crate::journal::FILE_NAME);
     let journal_error = |source| RunError::Journal { path: journal_path.clone(), source };
-    let known = JournalIndex::load(store.root()).map_err(journal_error)?;
+    let known = JournalIndex::load_outcomes(store.root()).map_err(journal_error)?;
     let journal = JournalWriter::open(store.root()).map_err(journal_error)?;
     let (run_id, report) = open_report(&store, manifest.extra_columns())?;
     info!(

@@ -77,6 +77,9 @@ use crate::store::Store;
 const LIVE: &str = "by-id";
 const NEW: &str = "by-id.new";
 const OLD: &str = "by-id.old";
+/// What the live view was built from: the journal's size and time, and the
+/// mode. A run whose journal did not change (a no-op rerun) keeps the view.
+const STAMP: &str = "by-id.stamp";
 
 /// The longest name [`safe_component`] returns, in bytes. File systems allow
 /// 255; this leaves room for a collision suffix and an extension.
@@ -141,8 +144,31 @@ fn at(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ViewError 
     move |source| ViewError::Io { action, path, source }
 }
 
+/// Rebuilds the view unless it was built from the journal as it is now, in
+/// the same mode; `None` when it was kept. Runs call this: rebuilding a
+/// large view on a rerun that stored nothing new would cost more than the
+/// rerun itself.
+pub fn refresh(dir: &Path, mode: ViewMode) -> Result<Option<ViewStats>, ViewError> {
+    let current = stamp(dir, mode);
+    let built = fs::read_to_string(dir.join(STAMP)).ok();
+    if current.is_some() && built == current && exists(&dir.join(LIVE)) {
+        return Ok(None);
+    }
+    rebuild(dir, mode).map(Some)
+}
+
+/// The journal's size and modification time, and the mode, as one line.
+fn stamp(dir: &Path, mode: ViewMode) -> Option<String> {
+    let meta = fs::metadata(dir.join(crate::journal::FILE_NAME)).ok()?;
+    let modified = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+    Some(format!("{mode:?} {} {}\n", meta.len(), modified.as_nanos()))
+}
+
 /// Rebuilds `DIR/by-id/` from the journal and swaps it in for the old view.
 pub fn rebuild(dir: &Path, mode: ViewMode) -> Result<ViewStats, ViewError> {
+    // Taken before the journal is read: a line added meanwhile changes the
+    // stamp, so the next refresh rebuilds.
+    let source = stamp(dir, mode);
     recover(dir)?;
     let index = JournalIndex::load(dir)
         .map_err(|source| ViewError::Journal { dir: dir.to_path_buf(), source })?;
@@ -159,7 +185,12 @@ pub fn rebuild(dir: &Path, mode: ViewMode) -> Result<ViewStats, ViewError> {
     }
     let Builder { mut stats, made, .. } = builder;
     stats.removed = entries_of(&dir.join(LIVE))?.difference(&made).count() as u64;
+    let _ = fs::remove_file(dir.join(STAMP));
     swap_in(dir)?;
+    if let Some(source) = source {
+        // Without the stamp the next refresh only rebuilds again.
+        let _ = fs::write(dir.join(STAMP), source);
+    }
     Ok(stats)
 }
 

@@ -257,13 +257,13 @@ fn awkward_ids_stay_inside_the_view_with_distinct_safe_names() {
         .extend(["..", "../../../../x", "COM1", "f"].map(|f| format!("frame {f}").into_bytes()));
     assert_eq!(contents, expected);
 
-    // Nothing was written beside the view.
+    // Nothing was written beside the view but its stamp.
     let mut top: Vec<_> = fs::read_dir(&store.dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     top.sort();
-    assert_eq!(top, ["by-id", "journal.jsonl", "objects"]);
+    assert_eq!(top, ["by-id", "by-id.stamp", "journal.jsonl", "objects"]);
     assert!(!store.dir.parent().unwrap().join("etc").exists());
     assert!(found.contains_key("image/%2E.%2F..%2Fetc%2Fpasswd.png"));
     assert!(found.contains_key("video/%2E.%2Fv/%2E%2E.jpg"));
@@ -403,4 +403,22 @@ fn a_store_without_a_journal_gets_an_empty_view() {
     assert_eq!(store.rebuild(ViewMode::Symlink), ViewStats::default());
     assert!(store.view().is_dir());
     assert!(paths(&store.view()).is_empty());
+}
+
+#[test]
+fn a_refresh_keeps_a_view_built_from_the_same_journal() {
+    use identifai_fetch::view::{ViewMode, refresh};
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path();
+    std::fs::create_dir_all(store.join("objects/sha256")).unwrap();
+    std::fs::write(store.join("journal.jsonl"), "").unwrap();
+    assert!(refresh(store, ViewMode::Symlink).unwrap().is_some(), "the first view is built");
+    assert!(refresh(store, ViewMode::Symlink).unwrap().is_none(), "nothing changed: kept");
+    assert!(refresh(store, ViewMode::Copy).unwrap().is_some(), "another mode: rebuilt");
+    let journal = store.join("journal.jsonl");
+    let mut file = std::fs::OpenOptions::new().append(true).open(&journal).unwrap();
+    std::io::Write::write_all(&mut file, b"\n").unwrap();
+    assert!(refresh(store, ViewMode::Copy).unwrap().is_some(), "the journal grew: rebuilt");
+    std::fs::remove_dir_all(store.join("by-id")).unwrap();
+    assert!(refresh(store, ViewMode::Copy).unwrap().is_some(), "a missing view is rebuilt");
 }
