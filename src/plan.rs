@@ -42,10 +42,18 @@ impl Plan {
 
 /// Reads the manifest and the store's journal and counts.
 pub fn plan(manifest: &Path, out: &Path) -> Result<Plan, PlanError> {
-    let entries = Manifest::open(manifest)?;
     let journal = JournalIndex::load_outcomes(out)
         .map_err(|source| PlanError::Journal { path: out.to_path_buf(), source })?;
-    let store = Store::existing(out);
+    plan_with(manifest, &Store::existing(out), &journal)
+}
+
+/// [`plan`] with the journal already read (a run counts with its own).
+pub fn plan_with(
+    manifest: &Path,
+    store: &Store,
+    journal: &JournalIndex,
+) -> Result<Plan, PlanError> {
+    let entries = Manifest::open(manifest)?;
     let mut plan = Plan::default();
     let mut seen: HashSet<(Kind, String)> = HashSet::new();
     for entry in entries {
@@ -62,7 +70,7 @@ pub fn plan(manifest: &Path, out: &Path) -> Result<Plan, PlanError> {
         };
         if !seen.insert((row.kind, row.requested_id().to_owned())) {
             plan.duplicates += 1;
-        } else if stored_copy(&store, &journal, &row).is_some() {
+        } else if stored_copy(store, journal, &row).is_some() {
             plan.stored += 1;
         } else {
             plan.to_fetch += 1;
