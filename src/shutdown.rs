@@ -92,8 +92,8 @@ impl Shutdown {
         self.stop_gracefully(StopCause::Interrupted(first.clone()));
         tokio::select! {
             name = next_signal() => {
-                let reason = format!("{first}, then {name}: stopped at once");
-                self.stop_now(StopCause::Interrupted(reason));
+                warn!("{name} again: stopped at once, downloads in flight included");
+                self.immediate.cancel();
             }
             () = tokio::time::sleep(grace) => {
                 let grace_s = grace.as_secs_f64();

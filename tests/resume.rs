@@ -463,3 +463,25 @@ async fn a_download_received_whole_before_a_kill_costs_no_request() {
     assert_eq!(seen.code, 0, "{}", seen.stderr);
     assert_eq!(sim.received().len(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_stops_at_once_despite_a_long_grace() {
+    let mut config = SimConfig::default();
+    config.faults.insert("stuck".into(), vec![Fault::StorageStallAfter(5000)]);
+    let sim = unlimited(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = manifest(dir.path(), "type,identifier\nimage,stuck\nimage,after\n");
+    let out = dir.path().join("out");
+    let child = spawn_run(&sim, &path, &out, &["--grace", "10m", "--concurrency", "1"]);
+    wait_for_partial(&out, 5000).await;
+    let signalled = std::time::Instant::now();
+    kill(&child, "-INT");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    kill(&child, "-INT");
+    let (code, stderr) = finish(child).await;
+    assert_eq!(code, 4, "{stderr}");
+    assert!(signalled.elapsed() < Duration::from_secs(10), "not the 10-minute grace");
+    assert!(stderr.contains("stopped at once"), "{stderr}");
+    assert_store_is_clean(&out);
+    assert_eq!(report_rows(&out).len(), 2, "the report is still written");
+}
