@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -80,31 +80,8 @@ pub struct JournalIndex {
 impl JournalIndex {
     /// Reads `DIR/journal.jsonl`; a missing journal is an empty one.
     pub fn load(dir: &Path) -> io::Result<JournalIndex> {
-        JournalIndex::load_with(dir, Detail::Full)
-    }
-
-    /// Reads only what a run needs to skip stored rows (status, hash, size,
-    /// content type): the other text fields stay empty, which keeps a
-    /// 100,000-row store's index a fraction of the size.
-    pub fn load_outcomes(dir: &Path) -> io::Result<JournalIndex> {
-        JournalIndex::load_with(dir, Detail::Outcome)
-    }
-
-    fn load_with(dir: &Path, detail: Detail) -> io::Result<JournalIndex> {
-        let file = match File::open(dir.join(FILE_NAME)) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(JournalIndex::default()),
-            Err(e) => return Err(e),
-        };
         let mut index = JournalIndex::default();
-        for line in BufReader::new(file).split(b'\n') {
-            let line = line?;
-            match serde_json::from_slice::<JournalEntry>(&line) {
-                Ok(entry) => index.insert(detail.keep(entry)),
-                Err(_) if line.iter().all(u8::is_ascii_whitespace) => {}
-                Err(_) => index.skipped_lines += 1,
-            }
-        }
+        index.skipped_lines = read_entries(dir, |entry| index.insert(entry))?;
         Ok(index)
     }
 
@@ -153,29 +130,116 @@ impl JournalIndex {
     }
 }
 
-/// How much of each entry an index keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Detail {
-    Full,
-    Outcome,
+/// Feeds every entry of `DIR/journal.jsonl` to `take`, in order; returns
+/// how many lines did not parse (a torn write, or someone's edit).
+fn read_entries(dir: &Path, mut take: impl FnMut(JournalEntry)) -> io::Result<u64> {
+    let file = match File::open(dir.join(FILE_NAME)) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut skipped = 0;
+    for line in BufReader::new(file).split(b'\n') {
+        let line = line?;
+        match serde_json::from_slice::<JournalEntry>(&line) {
+            Ok(entry) => take(entry),
+            Err(_) if line.iter().all(u8::is_ascii_whitespace) => {}
+            Err(_) => skipped += 1,
+        }
+    }
+    Ok(skipped)
 }
 
-impl Detail {
-    fn keep(self, mut entry: JournalEntry) -> JournalEntry {
-        if self == Detail::Outcome {
-            // Empty strings own no memory; the key and outcome stay.
-            for text in [
-                &mut entry.identifier,
-                &mut entry.frame_or_track_id,
-                &mut entry.error,
-                &mut entry.at,
-                &mut entry.run_id,
-            ] {
-                *text = String::new();
-            }
+/// The latest outcome of each request, in the compact form a run keeps for
+/// a whole manifest: the hash as bytes and the content type shared, so a
+/// stored request costs about a hundred bytes.
+#[derive(Debug, Default)]
+pub struct Outcomes {
+    by_kind: [HashMap<Box<str>, Outcome>; 3],
+    content_types: ContentTypes,
+}
+
+/// One shared copy of each content type: a store holds a handful of them,
+/// repeated on every row.
+#[derive(Debug, Default)]
+pub struct ContentTypes(Vec<Arc<str>>);
+
+impl ContentTypes {
+    /// The shared copy of `content_type`; `None` for an empty one.
+    pub fn share(&mut self, content_type: &str) -> Option<Arc<str>> {
+        if content_type.is_empty() {
+            return None;
         }
-        entry
+        if let Some(known) = self.0.iter().find(|known| &***known == content_type) {
+            return Some(known.clone());
+        }
+        let shared: Arc<str> = Arc::from(content_type);
+        self.0.push(shared.clone());
+        Some(shared)
     }
+}
+
+/// How one request last ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub status: RowStatus,
+    pub sha256: Option<[u8; 32]>,
+    pub bytes: Option<u64>,
+    pub content_type: Option<Arc<str>>,
+}
+
+impl Outcomes {
+    /// Reads `DIR/journal.jsonl`; a missing journal is an empty one.
+    pub fn load(dir: &Path) -> io::Result<Outcomes> {
+        let mut outcomes = Outcomes::default();
+        read_entries(dir, |entry| outcomes.insert(entry))?;
+        Ok(outcomes)
+    }
+
+    fn insert(&mut self, entry: JournalEntry) {
+        let Ok(kind) = entry.kind.parse::<Kind>() else { return };
+        let outcome = Outcome {
+            status: entry.status,
+            sha256: decode_sha256(&entry.sha256),
+            bytes: entry.bytes,
+            content_type: self.content_types.share(&entry.content_type),
+        };
+        self.by_kind[slot(kind)].insert(entry.id.into_boxed_str(), outcome);
+    }
+
+    pub fn get(&self, kind: Kind, id: &str) -> Option<&Outcome> {
+        self.by_kind[slot(kind)].get(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_kind.iter().map(HashMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn slot(kind: Kind) -> usize {
+    match kind {
+        Kind::Audio => 0,
+        Kind::Video => 1,
+        Kind::Image => 2,
+    }
+}
+
+/// 64 hex digits as 32 bytes; `None` for anything else.
+pub fn decode_sha256(hex: &str) -> Option<[u8; 32]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (slot, pair) in out.iter_mut().zip(bytes.chunks(2)) {
+        let text = std::str::from_utf8(pair).ok()?;
+        *slot = u8::from_str_radix(text, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// Appends entries and makes them durable in groups.
@@ -316,18 +380,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_run_loads_only_the_outcomes() {
+    async fn a_run_keeps_compact_outcomes() {
         let dir = tempfile::tempdir().unwrap();
         let writer = JournalWriter::open(dir.path()).unwrap();
-        let ticket = writer.append(&entry("a", RowStatus::Ok)).unwrap();
+        writer.append(&entry("a", RowStatus::Failed)).unwrap();
+        writer.append(&entry("a", RowStatus::Ok)).unwrap();
+        let ticket = writer.append(&entry("b", RowStatus::Ok)).unwrap();
         writer.durable(ticket).await.unwrap();
-        let slim = JournalIndex::load_outcomes(dir.path()).unwrap();
-        let known = slim.get(Kind::Image, "a").unwrap();
-        assert_eq!((known.status, known.bytes), (RowStatus::Ok, Some(10)));
-        assert_eq!(known.sha256, "ab".repeat(32));
-        assert!(known.identifier.is_empty() && known.run_id.is_empty());
-        let full = JournalIndex::load(dir.path()).unwrap();
-        assert_eq!(full.get(Kind::Image, "a").unwrap().identifier, "a");
+        let outcomes = Outcomes::load(dir.path()).unwrap();
+        assert_eq!(outcomes.len(), 2);
+        let a = outcomes.get(Kind::Image, "a").unwrap();
+        assert_eq!((a.status, a.bytes), (RowStatus::Ok, Some(10)));
+        assert_eq!(a.sha256, Some([0xab; 32]));
+        let b = outcomes.get(Kind::Image, "b").unwrap();
+        let (type_a, type_b) = (a.content_type.clone().unwrap(), b.content_type.clone().unwrap());
+        assert!(Arc::ptr_eq(&type_a, &type_b), "one copy of each content type");
+        assert!(outcomes.get(Kind::Video, "a").is_none());
+        assert_eq!(decode_sha256("xy"), None);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::journal::JournalIndex;
+use crate::journal::Outcomes;
 use crate::manifest::{Entry, Kind, Manifest, ManifestError};
 use crate::rate::RateSpec;
 use crate::run::stored_copy;
@@ -42,17 +42,13 @@ impl Plan {
 
 /// Reads the manifest and the store's journal and counts.
 pub fn plan(manifest: &Path, out: &Path) -> Result<Plan, PlanError> {
-    let journal = JournalIndex::load_outcomes(out)
+    let journal = Outcomes::load(out)
         .map_err(|source| PlanError::Journal { path: out.to_path_buf(), source })?;
     plan_with(manifest, &Store::existing(out), &journal)
 }
 
 /// [`plan`] with the journal already read (a run counts with its own).
-pub fn plan_with(
-    manifest: &Path,
-    store: &Store,
-    journal: &JournalIndex,
-) -> Result<Plan, PlanError> {
+pub fn plan_with(manifest: &Path, store: &Store, journal: &Outcomes) -> Result<Plan, PlanError> {
     let entries = Manifest::open(manifest)?;
     let mut plan = Plan::default();
     let mut seen: HashSet<(Kind, String)> = HashSet::new();

@@ -29,8 +29,8 @@ use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::api::{ApiClient, ApiError, ApiKey, Lease};
-use crate::fetch::{FetchError, Fetched, StorageClient};
-use crate::journal::{JournalEntry, JournalIndex, JournalWriter, Known};
+use crate::fetch::{FetchError, Fetched, StorageClient, hex};
+use crate::journal::{ContentTypes, JournalEntry, JournalWriter, Outcome, Outcomes, decode_sha256};
 use crate::lock::{LockError, StoreLock};
 use crate::manifest::{Entry, InvalidRow, Kind, Manifest, ManifestError, Row};
 use crate::progress;
@@ -147,7 +147,7 @@ pub async fn run_with_progress(
     let cleaned = store.clean_tmp(started_wall)?;
     let journal_path = store.root().join(crate::journal::FILE_NAME);
     let journal_error = |source| RunError::Journal { path: journal_path.clone(), source };
-    let known = JournalIndex::load_outcomes(store.root()).map_err(journal_error)?;
+    let known = Outcomes::load(store.root()).map_err(journal_error)?;
     let journal = JournalWriter::open(store.root()).map_err(journal_error)?;
     let (run_id, report) = open_report(&store, manifest.extra_columns())?;
     info!(
@@ -394,6 +394,18 @@ struct RowResult {
 }
 
 impl RowResult {
+    /// A row whose file the store already holds: nothing was asked.
+    fn stored(fetched: Fetched) -> RowResult {
+        RowResult {
+            status: RowStatus::Ok,
+            fetched: Some(fetched),
+            attempts: 0,
+            api_calls: 0,
+            error: String::new(),
+            finished: true,
+        }
+    }
+
     fn unfinished(context: &Context) -> RowResult {
         let cause = context.shutdown.cause();
         let reason = cause.as_ref().map_or("the run stopped", StopCause::reason);
@@ -587,13 +599,13 @@ enum KeyState {
     Done(Settled),
 }
 
-/// A finished key, kept so that later duplicates can be answered at once.
+/// A finished key, kept so that later duplicates can be answered at once,
+/// in the compact form: the hash as bytes and the content type shared.
 #[derive(Clone)]
 struct Settled {
     line: u64,
-    status: RowStatus,
-    fetched: Option<Fetched>,
-    error: String,
+    outcome: Outcome,
+    error: Box<str>,
 }
 
 /// State shared by the tasks: clients, limits, the report and the tallies.
@@ -601,7 +613,7 @@ struct Context {
     api: ApiClient,
     storage: StorageClient,
     store: Store,
-    known: JournalIndex,
+    known: Outcomes,
     journal: JournalWriter,
     run_id: String,
     retry: RetryPolicy,
@@ -623,11 +635,11 @@ struct Context {
 struct Ledger {
     /// Taken out when the run finishes.
     report: Option<Report>,
-    // Known limit: one entry per distinct request for the run's life (the
-    // key, the hash, the object path and content type as strings), so that a
-    // duplicate far down the manifest is answered at once. With the journal
-    // index, a run holds about 1 KiB per row: ~100 MiB for 100,000 rows.
+    // Known limit: one entry per distinct request for the run's life, so
+    // that a duplicate far down the manifest is answered at once: the key
+    // and a compact outcome, about 150 bytes a row.
     keys: HashMap<RowKey, KeyState>,
+    content_types: ContentTypes,
     rows: u64,
     report_error: Option<std::io::Error>,
 }
@@ -637,7 +649,7 @@ impl Context {
         config: &RunConfig,
         store: Store,
         report: Report,
-        known: JournalIndex,
+        known: Outcomes,
         journal: JournalWriter,
         run_id: String,
     ) -> Result<Context, RunError> {
@@ -647,8 +659,13 @@ impl Context {
         // the read timeout still catches a stalled body.
         let storage_http = http_client(None).map_err(RunError::Http)?;
         let concurrency = config.concurrency.max(1);
-        let ledger =
-            Ledger { report: Some(report), keys: HashMap::new(), rows: 0, report_error: None };
+        let ledger = Ledger {
+            report: Some(report),
+            keys: HashMap::new(),
+            content_types: ContentTypes::default(),
+            rows: 0,
+            report_error: None,
+        };
         Ok(Context {
             api: ApiClient::new(api_http, config.api_url.clone(), config.api_key.clone(), gate),
             storage: StorageClient::new(storage_http),
@@ -683,12 +700,12 @@ impl Context {
         let stored = stored_copy(&self.store, &self.known, row);
         let mut ledger = self.ledger();
         match ledger.keys.get_mut(&row_key(row)) {
-            None => match stored.map(|fetched| self.already_stored(row, fetched)) {
-                Some(settled) => {
-                    let mut record = duplicate_record(row, &settled);
-                    record.status = RowStatus::Ok;
-                    record.error = String::new();
-                    ledger.submit(position, record);
+            None => match stored {
+                Some(fetched) => {
+                    self.already_stored.fetch_add(1, Ordering::Relaxed);
+                    let result = RowResult::stored(fetched);
+                    ledger.submit(position, row_record(row, &result));
+                    let settled = ledger.settle(row, &result);
                     ledger.keys.insert(row_key(row), KeyState::Done(settled));
                     false
                 }
@@ -707,13 +724,6 @@ impl Context {
                 false
             }
         }
-    }
-
-    /// Counts a row answered from the store, and settles its key.
-    fn already_stored(&self, row: &Row, fetched: Fetched) -> Settled {
-        self.already_stored.fetch_add(1, Ordering::Relaxed);
-        let (line, status, error) = (row.line, RowStatus::Ok, String::new());
-        Settled { line, status, fetched: Some(fetched), error }
     }
 
     fn record(&self, position: u64, record: RowRecord) {
@@ -746,14 +756,9 @@ impl Context {
     /// Reports a row that was fetched (or not), and every duplicate that
     /// waited on it.
     fn finish_row(&self, position: u64, row: &Row, result: RowResult) {
-        let settled = Settled {
-            line: row.line,
-            status: result.status,
-            fetched: result.fetched.clone(),
-            error: result.error.clone(),
-        };
         let mut ledger = self.ledger();
         ledger.submit(position, row_record(row, &result));
+        let settled = ledger.settle(row, &result);
         let previous = ledger.keys.insert(row_key(row), KeyState::Done(settled.clone()));
         if let Some(KeyState::Pending { waiting }) = previous {
             for (position, duplicate) in waiting {
@@ -795,6 +800,20 @@ impl Context {
 }
 
 impl Ledger {
+    /// What later duplicates of the row need to know, compactly.
+    fn settle(&mut self, row: &Row, result: &RowResult) -> Settled {
+        let fetched = result.fetched.as_ref();
+        let outcome = Outcome {
+            status: result.status,
+            sha256: fetched.and_then(|fetched| decode_sha256(&fetched.sha256)),
+            bytes: fetched.map(|fetched| fetched.bytes),
+            content_type: fetched
+                .and_then(|fetched| fetched.content_type.as_deref())
+                .and_then(|content_type| self.content_types.share(content_type)),
+        };
+        Settled { line: row.line, outcome, error: result.error.clone().into_boxed_str() }
+    }
+
     fn submit(&mut self, position: u64, record: RowRecord) {
         self.rows += 1;
         let report = self.report.as_mut().expect("no row is reported after the end");
@@ -821,26 +840,30 @@ fn http_client(total_timeout: Option<Duration>) -> reqwest::Result<Client> {
 /// The stored copy of a row's file, if there is one: the manifest names its
 /// hash and the object is there, or the journal says the request ended `ok`
 /// and the object is there with its size. Such a row needs no API call.
-pub fn stored_copy(store: &Store, journal: &JournalIndex, row: &Row) -> Option<Fetched> {
-    let known = journal.get(row.kind, row.requested_id()).filter(|known| {
-        known.status == RowStatus::Ok && store.has_object(&known.sha256, known.bytes)
+pub fn stored_copy(store: &Store, journal: &Outcomes, row: &Row) -> Option<Fetched> {
+    let known = journal.get(row.kind, row.requested_id()).and_then(|known| {
+        let sha256 = hex(&known.sha256?);
+        let present = known.status == RowStatus::Ok && store.has_object(&sha256, known.bytes);
+        present.then_some((sha256, known))
     });
     match (&row.sha256, known) {
-        (Some(expected), _) if store.has_object(expected, None) => {
-            let known = known.filter(|known| known.sha256 == *expected);
-            Some(stored_object(expected, store.object_size(expected), known))
+        (Some(expected), known) if store.has_object(expected, None) => {
+            let content_type = known.filter(|(sha256, _)| sha256 == expected);
+            let content_type = content_type.and_then(|(_, known)| known.content_type.as_deref());
+            Some(stored_object(expected, store.object_size(expected), content_type))
         }
-        (None, Some(known)) => Some(stored_object(&known.sha256, known.bytes, Some(known))),
+        (None, Some((sha256, known))) => {
+            Some(stored_object(&sha256, known.bytes, known.content_type.as_deref()))
+        }
         _ => None,
     }
 }
 
-fn stored_object(sha256: &str, bytes: Option<u64>, known: Option<&Known>) -> Fetched {
-    let content_type = known.map(|known| known.content_type.clone()).filter(|t| !t.is_empty());
+fn stored_object(sha256: &str, bytes: Option<u64>, content_type: Option<&str>) -> Fetched {
     Fetched {
         sha256: sha256.to_owned(),
         bytes: bytes.unwrap_or_default(),
-        content_type,
+        content_type: content_type.map(str::to_owned),
         object: Store::relative_object_path(sha256),
         resumed_from: 0,
     }
@@ -858,15 +881,17 @@ fn row_record(row: &Row, result: &RowResult) -> RowRecord {
 }
 
 fn duplicate_record(row: &Row, first: &Settled) -> RowRecord {
-    match &first.fetched {
-        Some(fetched) => {
+    let outcome = &first.outcome;
+    match outcome.sha256.filter(|_| outcome.status.is_success()) {
+        Some(sha256) => {
             let mut record = base_record(row, RowStatus::Duplicate);
-            fill_object(&mut record, fetched);
+            let content_type = outcome.content_type.as_deref();
+            fill_object(&mut record, &stored_object(&hex(&sha256), outcome.bytes, content_type));
             record.error = format!("same file as line {}", first.line);
             record
         }
         None => {
-            let mut record = base_record(row, first.status);
+            let mut record = base_record(row, outcome.status);
             record.error = format!("same request as line {}: {}", first.line, first.error);
             record
         }
