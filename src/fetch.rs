@@ -132,11 +132,13 @@ impl StorageClient {
         if let Some(expected) = meta.length.filter(|&expected| expected != bytes) {
             return Err(FetchError::Truncated { expected, received: bytes });
         }
-        // Whole and durable: record the hash before the file moves, so that
-        // a crash from here on never costs the next run a download.
-        (meta.durable, meta.length, meta.sha256) = (bytes, Some(bytes), Some(sha256.clone()));
-        meta.content_type.clone_from(&content_type);
-        partial.checkpoint(&meta)?;
+        if meta.length.is_none() {
+            // No Content-Length, so the sink could not tell the file was
+            // whole: record the hash now, before the file moves, so that a
+            // crash from here on never costs the next run a download.
+            (meta.durable, meta.length, meta.sha256) = (bytes, Some(bytes), Some(sha256.clone()));
+            partial.checkpoint(&meta)?;
+        }
         let object = commit(store, partial, sha256.clone()).await?;
         Ok(Fetched { sha256, bytes, content_type, object, resumed_from: offset })
     }
@@ -335,8 +337,14 @@ impl Sink {
                 Err(_) => {}
             }
         }
+        let digest: [u8; 32] = hasher.finalize().into();
+        // Whole: the last record names the hash too, so that no moment
+        // exists when the bytes are all on disk and a crash forgets them.
+        if self.meta.length == Some(total) {
+            self.meta.sha256 = Some(hex(&digest));
+        }
         self.make_durable(&mut out, total)?;
-        Ok((hasher.finalize().into(), total))
+        Ok((digest, total))
     }
 
     fn make_durable(&mut self, out: &mut BufWriter<File>, total: u64) -> io::Result<()> {
@@ -407,5 +415,45 @@ mod tests {
         let whole: [u8; 32] = Sha256::digest(b"hello world").into();
         assert_eq!(<[u8; 32]>::from(hasher.finalize()), whole);
         assert!(hash_prefix(&mut file, 100, &mut Sha256::new()).is_err());
+    }
+
+    /// Drains `body` into a fresh partial download announced as `length`
+    /// bytes long, and returns what its record says afterwards.
+    async fn drain_into_record(body: &'static [u8], length: u64) -> PartialMeta {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let partial = store.partial(Kind::Image, "a");
+        let meta = PartialMeta {
+            etag: Some("\"e\"".into()),
+            last_modified: None,
+            length: Some(length),
+            durable: 0,
+            sha256: None,
+            content_type: None,
+        };
+        let file = partial.begin(&meta).unwrap();
+        let sink = Sink { file, partial: partial.clone(), meta, offset: 0 };
+        let (sender, receiver) = mpsc::channel(1);
+        let runtime = tokio::runtime::Handle::current();
+        let writer = tokio::task::spawn_blocking(move || sink.drain(receiver, &runtime));
+        sender.send(Bytes::from_static(body)).await.unwrap();
+        drop(sender);
+        writer.await.unwrap().unwrap();
+        record_of(&partial)
+    }
+
+    fn record_of(partial: &Partial) -> PartialMeta {
+        let text = std::fs::read(partial.record_path()).unwrap();
+        serde_json::from_slice(&text).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_record_that_makes_a_whole_body_durable_names_its_hash() {
+        let meta = drain_into_record(b"hello", 5).await;
+        assert_eq!(meta.durable, 5);
+        assert_eq!(meta.sha256.as_deref(), Some(hex(&Sha256::digest(b"hello")).as_str()));
+        // A body cut short is durable as far as it went, and has no hash.
+        let meta = drain_into_record(b"hel", 5).await;
+        assert_eq!((meta.durable, meta.sha256), (3, None));
     }
 }

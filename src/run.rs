@@ -614,6 +614,9 @@ struct Context {
     storage: StorageClient,
     store: Store,
     known: Outcomes,
+    /// Records of whole downloads an earlier run left in `tmp/`; forgotten
+    /// when their row turns out to be stored already.
+    finished_records: std::collections::HashSet<PathBuf>,
     journal: JournalWriter,
     run_id: String,
     retry: RetryPolicy,
@@ -669,6 +672,7 @@ impl Context {
         Ok(Context {
             api: ApiClient::new(api_http, config.api_url.clone(), config.api_key.clone(), gate),
             storage: StorageClient::new(storage_http),
+            finished_records: store.finished_records(),
             store,
             known,
             journal,
@@ -688,6 +692,17 @@ impl Context {
         })
     }
 
+    /// A stored row needs no record of its download: the journal has it.
+    fn forget_finished_record(&self, row: &Row) {
+        if self.finished_records.is_empty() {
+            return; // The common case: skip hashing the row's key.
+        }
+        let partial = self.store.partial(row.kind, row.requested_id());
+        if self.finished_records.contains(partial.record_path()) {
+            partial.discard();
+        }
+    }
+
     fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
         self.ledger.lock().expect("ledger lock poisoned")
     }
@@ -698,6 +713,9 @@ impl Context {
     fn claim(&self, row: &Row, position: u64) -> bool {
         // Outside the ledger lock: it touches the disk.
         let stored = stored_copy(&self.store, &self.known, row);
+        if stored.is_some() {
+            self.forget_finished_record(row);
+        }
         let mut ledger = self.ledger();
         match ledger.keys.get_mut(&row_key(row)) {
             None => match stored {

@@ -13,6 +13,7 @@
 //! and a crash leaves at most a partial file, which the next attempt resumes.
 //! An object that already exists is success: same name, same bytes.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -165,6 +166,16 @@ impl Store {
         }
         Ok(removed)
     }
+
+    /// The records of downloads received whole (their hash known) that are
+    /// still in `tmp/`: a run killed between its journal line and forgetting
+    /// the record leaves one behind. Read once at the start of a run.
+    pub fn finished_records(&self) -> HashSet<PathBuf> {
+        let Ok(entries) = fs::read_dir(self.tmp_dir()) else { return HashSet::new() };
+        let records = entries.flatten().map(|entry| entry.path());
+        let records = records.filter(|path| path.to_string_lossy().ends_with(PART_META));
+        records.filter(|path| read_meta(path).is_some_and(|meta| meta.sha256.is_some())).collect()
+    }
 }
 
 /// A partial file and its record, kept together.
@@ -220,6 +231,10 @@ pub struct Partial {
 impl Partial {
     pub fn data_path(&self) -> &Path {
         &self.data
+    }
+
+    pub fn record_path(&self) -> &Path {
+        &self.meta
     }
 
     /// Where a resumed download can start, and what it must match: `None`

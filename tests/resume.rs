@@ -462,6 +462,13 @@ async fn a_download_received_whole_before_a_kill_costs_no_request() {
     let seen = run_against(&sim, &path, &out, &[]).await;
     assert_eq!(seen.code, 0, "{}", seen.stderr);
     assert_eq!(sim.received().len(), 0);
+    // A kill after the journal line but before the record was forgotten:
+    // the next run, skipping the row, forgets the record too.
+    leave_a_finished_download(&out, &sim, "in-objects", true);
+    let seen = run_against(&sim, &path, &out, &[]).await;
+    assert_eq!(seen.code, 0, "{}", seen.stderr);
+    assert_eq!(sim.received().len(), 0);
+    assert!(files_under(&out.join("tmp")).is_empty(), "a journaled row's record is forgotten");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
