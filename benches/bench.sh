@@ -28,7 +28,8 @@
 # Environment:
 #   APT_INSTALL=1    install aria2 with apt-get when aria2c is missing
 #   BENCH_TMPDIR=DIR where the scratch folder goes (default /var/tmp); it is
-#                    removed on exit, whatever happens
+#                    removed on exit, whatever happens, unless BENCH_KEEP=1
+#   BENCH_KEEP=1     keep the scratch folder, to look at what a run left
 #   BENCH_BIN=PATH   measure this identifai-fetch binary instead (no build),
 #                    e.g. an older build kept for comparison
 #
@@ -37,10 +38,8 @@
 # check passed, 1 otherwise; the figures are printed either way.
 
 set -euo pipefail
-export LC_ALL=C # a decimal point, not a comma, in EPOCHREALTIME and printf
-
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BIN=${BENCH_BIN:-$ROOT/target/release/identifai-fetch}
+# shellcheck source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 GIB=$((1024 * 1024 * 1024))
 LARGE_BYTES=$((2 * GIB))
@@ -48,98 +47,21 @@ SMALL_FILES=500
 PACING_ROWS=70
 RSS_TARGET_MIB=50
 REPEAT=
-QUICK=0
 PACING=0
-BUILD=1
 
 LARGE_TIMEOUT=600 # seconds for one tool to fetch the large file
 SMALL_TIMEOUT=300 # seconds for one tool to fetch all the small files
 PACING_TIMEOUT=240
-SIM_LIFETIME=3600 # a backstop: the trap stops the simulator long before
 
-WORK=
-SIM_PID=
-SIM_URL=
 SMALL_BYTES= # set by our first good small-files run; peers must match it
-FAILURES=0
-
-usage() {
-    sed -n '2,/^$/{s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
-}
-
-die() {
-    echo "bench.sh: $*" >&2
-    exit 1
-}
-
-cleanup() {
-    stop_sim
-    if [[ -n $WORK && -d $WORK ]]; then
-        chmod -R u+w "$WORK" 2>/dev/null || true
-        rm -rf "$WORK"
-    fi
-}
-
-# --- the simulator ---------------------------------------------------------
-
-# Starts the simulator on a free loopback port with the given extra flags and
-# sets SIM_PID, SIM_URL and IDENTIFAI_API_KEY from what it prints.
-start_sim() {
-    local log=$WORK/simulator
-    : >"$log.out" # exists before the first read below
-    timeout "$SIM_LIFETIME" "$BIN" simulate --port 0 "$@" >"$log.out" 2>"$log.err" &
-    SIM_PID=$!
-    local key=
-    for _ in $(seq 100); do
-        SIM_URL=$(sed -n 's/^.*listening on \(http[^ ]*\).*$/\1/p' "$log.out")
-        key=$(sed -n 's/^API key: //p' "$log.out")
-        if [[ -n $SIM_URL && -n $key ]]; then
-            export IDENTIFAI_API_KEY=$key
-            return 0
-        fi
-        kill -0 "$SIM_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    die "the simulator did not start: $(cat "$log.err")"
-}
-
-stop_sim() {
-    if [[ -n $SIM_PID ]]; then
-        kill "$SIM_PID" 2>/dev/null || true
-        wait "$SIM_PID" 2>/dev/null || true
-        SIM_PID=
-    fi
-}
+ROW_LABEL_WIDTH=22 # the pacing table
+ROW_VALUE_WIDTH=10
 
 download_url() { # type identifier
     echo "$SIM_URL/api/v2/submissions/$1/$2/download"
 }
 
-# --- measuring -------------------------------------------------------------
-
-# Runs a command under a timeout and /usr/bin/time -v, with stdout and stderr
-# kept in $WORK/NAME.{out,err}. Sets RC, WALL (seconds, from the shell's
-# microsecond clock) and RSS_KIB ("Maximum resident set size": the largest
-# process in the command's tree, so for our tool, our tool).
-timed() { # name seconds command...
-    local name=$1 limit=$2
-    shift 2
-    local start=$EPOCHREALTIME
-    RC=0
-    /usr/bin/time -v -o "$WORK/$name.time" timeout --kill-after=10 "$limit" "$@" \
-        >"$WORK/$name.out" 2>"$WORK/$name.err" || RC=$?
-    WALL=$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }')
-    RSS_KIB=$(awk '/Maximum resident set size/ { print $NF }' "$WORK/$name.time")
-}
-
-# Prints why a measured command failed: its exit code and the end of stderr.
-report_failure() { # label name
-    FAILURES=$((FAILURES + 1))
-    local why="exit $RC"
-    [[ $RC == 124 || $RC == 137 ]] && why="timed out (exit $RC)"
-    echo "  FAILED: $1, $why after ${WALL}s; last lines of stderr:"
-    tail -n 15 "$WORK/$2.err" | sed 's/^/    | /'
-}
+# --- figures ---------------------------------------------------------------
 
 median() {
     printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
@@ -156,24 +78,9 @@ max() {
     printf '%s\n' "$@" | sort -g | tail -n 1
 }
 
-# Evaluates an awk expression and prints it with the given printf format.
-calc() { # format expression
-    awk "BEGIN { printf \"$1\", $2 }"
-}
-
 # A number from a summary.json, pretty-printed or not.
 json_number() { # file key
     grep -o "\"$2\": *[^,}]*" "$1" | head -n 1 | sed 's/^.*: *//'
-}
-
-# Our tool's run folder, from the `report: PATH` line it prints.
-run_dir_of() { # name
-    dirname "$(sed -n 's/^report: //p' "$WORK/$1.out")"
-}
-
-wipe() {
-    chmod -R u+w "$1" 2>/dev/null || true
-    rm -rf "$1"
 }
 
 # --- the peers, run as `bash -c` so /usr/bin/time measures the whole job ---
@@ -213,7 +120,7 @@ bench_large() {
     echo "1. Large file: one video of $LARGE_BYTES bytes ($mib MiB), $REPEAT round(s)"
     local need=$((2 * LARGE_BYTES + GIB))
     local free
-    free=$(df --output=avail -B1 "$WORK" | tail -n 1)
+    free=$(free_bytes)
     if ((free < need)); then
         echo "  SKIPPED: $((free / 1024 / 1024)) MiB free in $WORK, $((need / 1024 / 1024)) MiB needed"
         return
@@ -284,10 +191,9 @@ bench_large() {
 
     if [[ -n $ours_sha && -n $curl_sha ]]; then
         if [[ $ours_sha == "$curl_sha" ]]; then
-            echo "  check: curl's file has the same sha256 as our object: ok"
+            check_ok "curl's file has the same sha256 as our object"
         else
-            echo "  check: FAILED: curl's file hashes to $curl_sha, our object to $ours_sha"
-            FAILURES=$((FAILURES + 1))
+            check_failed "curl's file hashes to $curl_sha, our object to $ours_sha"
         fi
     fi
     if ((${#rss_ours[@]})); then
@@ -298,7 +204,7 @@ bench_large() {
             echo "  target: peak RSS under $RSS_TARGET_MIB MiB: $peak MiB, ok"
         else
             echo "  target: peak RSS under $RSS_TARGET_MIB MiB: $peak MiB, OVER TARGET"
-            FAILURES=$((FAILURES + 1))
+            count_failure
         fi
     fi
     ((ok)) || echo "  (some rounds failed; the figures above are from the rounds that succeeded)"
@@ -327,8 +233,7 @@ check_large_object() { # out-dir name
     mapfile -t objects < <(find "$1/objects" -type f)
     CHECKED_SHA=
     if ((${#objects[@]} != 1)); then
-        echo "  check: FAILED: expected one object in the store, found ${#objects[@]}"
-        FAILURES=$((FAILURES + 1))
+        check_failed "expected one object in the store, found ${#objects[@]}"
         return 1
     fi
     local object=${objects[0]} name sum size reported
@@ -337,12 +242,11 @@ check_large_object() { # out-dir name
     size=$(stat -c %s "$object")
     reported=$(json_number "$(run_dir_of "$2")/summary.json" ok)
     if [[ $name == "$sum" && $size == "$LARGE_BYTES" && $reported == 1 ]]; then
-        echo "  check: stored object's name = sha256sum of its $size bytes ($sum): ok"
+        check_ok "stored object's name = sha256sum of its $size bytes ($sum)"
         CHECKED_SHA=$sum
         return 0
     fi
-    echo "  check: FAILED: object $name, sha256sum $sum, $size bytes, summary ok=$reported"
-    FAILURES=$((FAILURES + 1))
+    check_failed "object $name, sha256sum $sum, $size bytes, summary ok=$reported"
     return 1
 }
 
@@ -445,9 +349,8 @@ check_small_ours() { # name
     summary=$(run_dir_of "$1")/summary.json
     ok=$(json_number "$summary" ok)
     if [[ $ok != "$SMALL_FILES" ]]; then
-        echo "  check: FAILED: identifai-fetch stored $ok of $SMALL_FILES rows; summary:"
-        sed 's/^/    | /' "$summary"
-        FAILURES=$((FAILURES + 1))
+        check_failed "identifai-fetch stored $ok of $SMALL_FILES rows; summary:"
+        quoted <"$summary"
         return 1
     fi
     [[ -n $SMALL_BYTES ]] || SMALL_BYTES=$(json_number "$summary" bytes_downloaded)
@@ -461,8 +364,7 @@ check_small_peer() { # label dir
     if [[ $count == "$SMALL_FILES" && (-z $SMALL_BYTES || $bytes == "$SMALL_BYTES") ]]; then
         return 0
     fi
-    echo "  check: FAILED: $1 left $count files of $bytes bytes (expected $SMALL_FILES, ${SMALL_BYTES:-unknown})"
-    FAILURES=$((FAILURES + 1))
+    check_failed "$1 left $count files of $bytes bytes (expected $SMALL_FILES, ${SMALL_BYTES:-unknown})"
     return 1
 }
 
@@ -491,16 +393,16 @@ bench_pacing() {
     limited=$(json_number "$summary" rate_limited)
     rate=$(json_number "$summary" api_calls_per_second)
     elapsed=$(json_number "$summary" elapsed_seconds)
-    printf '  %-22s %10s   %s\n' figure value expected
-    printf '  %-22s %10s   %s\n' api_calls "$calls" "$PACING_ROWS"
-    printf '  %-22s %10s   %s\n' rate_limited "$limited" "0 (no 429)"
-    printf '  %-22s %10.3f   %s\n' api_calls_per_second "$rate" "at most 1.000 (60/min binds; 0.990 with the 1% margin)"
-    printf '  %-22s %10.1f   %s\n' elapsed_seconds "$elapsed" "about $((PACING_ROWS - 1)) s or more"
+    row figure value expected
+    row api_calls "$calls" "$PACING_ROWS"
+    row rate_limited "$limited" "0 (no 429)"
+    row api_calls_per_second "$(printf '%.3f' "$rate")" \
+        "at most 1.000 (60/min binds; 0.990 with the 1% margin)"
+    row elapsed_seconds "$(printf '%.1f' "$elapsed")" "about $((PACING_ROWS - 1)) s or more"
     if [[ $limited == 0 ]] && awk -v r="$rate" 'BEGIN { exit !(r <= 1.0) }'; then
-        echo "  check: no 429 and within 60/min: ok"
+        check_ok "no 429 and within 60/min"
     else
-        echo "  check: FAILED: $limited answers were 429, or the rate $rate/s is over 1/s"
-        FAILURES=$((FAILURES + 1))
+        check_failed "$limited answers were 429, or the rate $rate/s is over 1/s"
     fi
 }
 
@@ -509,19 +411,13 @@ bench_pacing() {
 parse_args() {
     while (($#)); do
         case $1 in
-            --quick) QUICK=1 ;;
             --pacing) PACING=1 ;;
-            --no-build) BUILD=0 ;;
             --repeat)
                 [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || die "--repeat needs a positive number"
                 REPEAT=$2
                 shift
                 ;;
-            -h | --help)
-                usage
-                exit 0
-                ;;
-            *) die "unknown option $1 (try --help)" ;;
+            *) common_option "$1" ;;
         esac
         shift
     done
@@ -534,38 +430,27 @@ parse_args() {
 }
 
 prepare() {
-    command -v curl >/dev/null || die "curl is needed"
-    [[ -x /usr/bin/time ]] || die "/usr/bin/time is needed (Debian: apt-get install time)"
+    need curl
+    need /usr/bin/time "Debian: apt-get install time"
     if ! command -v aria2c >/dev/null && [[ ${APT_INSTALL:-0} == 1 ]]; then
         echo "installing aria2 with apt-get..."
         { apt-get update -qq && apt-get install -y -qq aria2; } >/dev/null 2>&1 ||
             die "apt-get could not install aria2; run 'apt-get install aria2' to see why"
     fi
-    if ((BUILD)) && [[ -z ${BENCH_BIN:-} ]]; then
-        (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
-    fi
-    [[ -x $BIN ]] || die "$BIN is missing; build it with cargo build --release"
-    WORK=$(mktemp -d "${BENCH_TMPDIR:-/var/tmp}/identifai-bench.XXXXXX")
+    build_and_make_scratch identifai-bench
 }
 
 print_header() {
-    local commit dirty=
-    commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-    [[ -n $(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]] &&
-        dirty=" (with uncommitted changes in src/)"
     local aria_version=none
     command -v aria2c >/dev/null && aria_version=$(aria2c --version | head -n 1 | awk '{ print $NF }')
-    echo "identifai-fetch benchmark, $( ((QUICK)) && echo quick || echo full), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    echo "commit $commit$dirty; $(nproc) cores; Linux $(uname -r);" \
+    print_title benchmark \
         "curl $(curl --version | head -n 1 | awk '{ print $2 }'); aria2c $aria_version"
     echo "scratch $WORK (removed on exit); figures: median wall time of $REPEAT round(s), highest RSS"
 }
 
 main() {
     parse_args "$@"
-    trap cleanup EXIT
-    trap 'exit 130' INT
-    trap 'exit 143' TERM
+    set_traps
     prepare
     export RUST_LOG=warn
     print_header
@@ -577,12 +462,7 @@ main() {
         echo
         echo "3. API pacing: skipped (add --pacing; it takes about 70 s)"
     fi
-    echo
-    if ((FAILURES)); then
-        echo "$FAILURES check(s) or run(s) failed; see above."
-        exit 1
-    fi
-    echo "all runs succeeded and all checks passed."
+    finish
 }
 
 main "$@"
