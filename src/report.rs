@@ -215,12 +215,27 @@ impl Report {
         ];
         self.csv.write_record(fixed.iter().chain(&record.extra))?;
         let mut json = serde_json::to_value(record).map_err(io::Error::other)?;
-        let extra = self.extra_columns.iter().zip(&record.extra);
-        for (name, value) in extra {
-            json[name.as_str()] = serde_json::Value::String(value.clone());
-        }
+        json["columns"] = self.carried_columns(&record.extra);
         serde_json::to_writer(&mut self.jsonl, &json).map_err(io::Error::other)?;
         self.jsonl.write_all(b"\n")
+    }
+
+    /// The manifest's own columns as one JSON object. They sit apart from
+    /// the report's fields so that a column the user named `status` or
+    /// `error` can never overwrite ours; a name the header repeats keeps
+    /// every value, the later ones as `name (2)`, `name (3)`.
+    fn carried_columns(&self, values: &[String]) -> serde_json::Value {
+        let mut columns = serde_json::Map::new();
+        for (name, value) in self.extra_columns.iter().zip(values) {
+            let mut key = name.clone();
+            let mut nth = 1;
+            while columns.contains_key(&key) {
+                nth += 1;
+                key = format!("{name} ({nth})");
+            }
+            columns.insert(key, serde_json::Value::String(value.clone()));
+        }
+        serde_json::Value::Object(columns)
     }
 
     /// Flushes the reports and writes `summary.json`. Rows still waiting
@@ -237,7 +252,9 @@ impl Report {
         let summary_path = self.dir.join("summary.json");
         let mut text = serde_json::to_string_pretty(summary).map_err(io::Error::other)?;
         text.push('\n');
-        std::fs::write(&summary_path, text)?;
+        let mut file = File::create(&summary_path)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
         Ok(self.dir)
     }
 }
@@ -290,7 +307,8 @@ mod tests {
         let first: serde_json::Value = serde_json::from_str(jsonl.lines().next().unwrap()).unwrap();
         assert_eq!(first["type"], "image");
         assert_eq!(first["status"], "ok");
-        assert_eq!(first["case"], "c1");
+        assert_eq!(first["columns"]["case"], "c1");
+        assert_eq!(first["columns"]["note, quoted"], "a,b");
         assert_eq!(jsonl.lines().count(), 3);
 
         let summary: serde_json::Value =
@@ -298,6 +316,23 @@ mod tests {
                 .unwrap();
         assert_eq!(summary["by_status"]["duplicate"], 1);
         assert_eq!(summary["rows"], 3);
+    }
+
+    #[test]
+    fn carried_columns_never_overwrite_report_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let extra = ["status", "error", "status"].map(String::from).to_vec();
+        let mut report = Report::create(dir.path(), "20261203T000000Z", &extra).unwrap();
+        report.submit(0, record(2, RowStatus::Ok, &["open", "none", "closed"])).unwrap();
+        let out = report.finish(&Summary::default()).unwrap();
+
+        let jsonl = std::fs::read_to_string(out.join("report.jsonl")).unwrap();
+        let row: serde_json::Value = serde_json::from_str(jsonl.trim()).unwrap();
+        assert_eq!(row["status"], "ok");
+        assert_eq!(row["error"], "");
+        assert_eq!(row["columns"]["status"], "open");
+        assert_eq!(row["columns"]["error"], "none");
+        assert_eq!(row["columns"]["status (2)"], "closed");
     }
 
     #[test]
