@@ -87,7 +87,7 @@ impl fmt::Debug for Lease {
 /// A URL fit for logs: scheme, host and path, never the query, which holds
 /// a signed URL's signature.
 pub fn redacted(url: &Url) -> String {
-    let host = url.host_str().unwrap_or("?");
+    let host = url.host_str().unwrap_or_default();
     match url.port() {
         Some(port) => format!("{}://{host}:{port}{}", url.scheme(), url.path()),
         None => format!("{}://{host}{}", url.scheme(), url.path()),
@@ -201,7 +201,7 @@ impl ApiClient {
 
 fn lease_from(request: &Url, location: Option<&HeaderValue>) -> Result<Lease, ApiError> {
     let raw = location.and_then(|value| value.to_str().ok()).unwrap_or_default();
-    let refuse = |reason| ApiError::BadLocation { location: raw.to_owned(), reason };
+    let refuse = |reason| ApiError::BadLocation { location: shown_location(request, raw), reason };
     if raw.is_empty() {
         return Err(refuse("the redirect has no readable Location"));
     }
@@ -216,6 +216,20 @@ fn lease_from(request: &Url, location: Option<&HeaderValue>) -> Result<Lease, Ap
         return Err(refuse("it carries credentials"));
     }
     Ok(Lease { url, issued_at: Instant::now() })
+}
+
+/// A refused `Location` as errors may show it: a signed URL's query and
+/// any user name or password never reach a log, the report or the journal.
+fn shown_location(request: &Url, raw: &str) -> String {
+    if let Ok(url) = request.join(raw) {
+        return redacted(&url);
+    }
+    let before_query = raw.split(['?', '#']).next().unwrap_or_default();
+    let without_userinfo = match before_query.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://{}", rest.rsplit('@').next().unwrap_or(rest)),
+        None => before_query.to_owned(),
+    };
+    without_userinfo.chars().take(BODY_EXCERPT_CHARS).collect()
 }
 
 /// The start of an error body, on one line, for the report.
@@ -294,6 +308,23 @@ mod tests {
             assert!(matches!(error, Err(ApiError::BadLocation { .. })), "{bad}");
         }
         assert!(lease_from(&request, None).is_err());
+    }
+
+    #[test]
+    fn a_refused_location_never_shows_credentials_or_a_signature() {
+        let request: Url = "https://api.example.test/api/v2/x".parse().unwrap();
+        let value = |s: &str| HeaderValue::from_str(s).unwrap();
+        let cases = [
+            ("https://user:hunter2@s3.example.test/b/f?X-Amz-Signature=s3cr3t", "hunter2"),
+            ("ftp://s3.example.test/b/f?X-Amz-Signature=s3cr3t", "s3cr3t"),
+            ("http://user:hunter2@[bad/f?X-Amz-Signature=s3cr3t", "hunter2"),
+        ];
+        for (location, secret) in cases {
+            let error = lease_from(&request, Some(&value(location))).unwrap_err().to_string();
+            assert!(!error.contains(secret), "{error}");
+            assert!(!error.contains("Signature"), "{error}");
+            assert!(error.contains("/f"), "the path is still shown: {error}");
+        }
     }
 
     #[test]
