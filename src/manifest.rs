@@ -322,6 +322,11 @@ impl Layout {
             Some(i) => checked_id(fields, i, FRAME_OR_TRACK_ID)?,
             None => "",
         };
+        if frame.is_empty() {
+            sendable(identifier, IDENTIFIER)?;
+        } else {
+            sendable(frame, FRAME_OR_TRACK_ID)?;
+        }
         let sha256 = match self.sha256 {
             Some(i) => checked_sha256(checked_value(fields, i, SHA256)?)?,
             None => None,
@@ -398,6 +403,15 @@ fn checked_id<'a>(fields: Fields<'a>, i: usize, name: &str) -> Result<&'a str, S
         return Err(format!("{name} is {len} bytes long (the limit is {MAX_ID_BYTES})"));
     }
     Ok(value)
+}
+
+/// The requested id must survive as one URL path segment. Only `.` and `..`
+/// cannot: URL parsers collapse them as dot-segments, even percent-encoded.
+fn sendable(id: &str, name: &str) -> Result<(), String> {
+    if id == "." || id == ".." {
+        return Err(format!("{name} {id:?} cannot be requested: URLs drop it as a path segment"));
+    }
+    Ok(())
 }
 
 /// An expected hash: empty means none; otherwise 64 hex digits, kept lower-case.
@@ -970,6 +984,24 @@ mod tests {
         assert_eq!(invalid(&rows[0]).identifier, "a\x07b");
         assert_eq!(valid(&rows[4]).extra, ["tab\there"]);
         assert_eq!(rows[4].line(), 6);
+    }
+
+    #[test]
+    fn dot_segments_are_invalid_only_where_they_are_requested() {
+        let input = b"type,identifier,frame_or_track_id
+            image,..,
+            video,v1,.
+            video,..,frame-1
+            image,...,
+";
+        let rows = entries(input);
+        let expected = "line 2: identifier \"..\" cannot be requested";
+        assert!(invalid(&rows[0]).reason.starts_with(expected), "{:?}", rows[0]);
+        let expected = "line 3: frame_or_track_id \".\" cannot be requested";
+        assert!(invalid(&rows[1]).reason.starts_with(expected), "{:?}", rows[1]);
+        // The frame is what is asked for; the odd identifier only names it.
+        assert_eq!(valid(&rows[2]).requested_id(), "frame-1");
+        assert_eq!(valid(&rows[3]).identifier, "...");
     }
 
     #[test]
