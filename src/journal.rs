@@ -309,6 +309,14 @@ impl JournalWriter {
     }
 }
 
+impl JournalWriter {
+    /// Waits until every line written so far is on disk.
+    pub async fn durable_all(&self) -> io::Result<()> {
+        let written = self.state.lock().expect("journal lock poisoned").written;
+        self.durable(Ticket(written)).await
+    }
+}
+
 fn ends_mid_line(file: &mut File) -> io::Result<bool> {
     let length = file.seek(SeekFrom::End(0))?;
     if length == 0 {

@@ -70,8 +70,9 @@ fn classify_api(error: &ApiError) -> Decision {
             // This key may not see this submission; asking again won't help.
             StatusCode::FORBIDDEN => Decision::EndRow(RowStatus::Forbidden),
             StatusCode::NOT_FOUND => Decision::EndRow(RowStatus::NotFound),
-            // Timeouts and conflicts are the server's to resolve, not ours.
-            StatusCode::REQUEST_TIMEOUT | StatusCode::CONFLICT => Decision::Retry,
+            // The server gave up waiting for us: the same request may pass.
+            StatusCode::REQUEST_TIMEOUT => Decision::Retry,
+            // The server's own fault, often passing (a deploy, an overload).
             status if status.is_server_error() => Decision::Retry,
             // Anything else is a request the server will never accept.
             _ => Decision::EndRow(RowStatus::Failed),
@@ -90,7 +91,9 @@ fn classify_storage(error: &FetchError) -> Decision {
         FetchError::Status { status, .. } => match *status {
             // Signed URLs expire (or were refused): only the API can sign anew.
             StatusCode::FORBIDDEN => Decision::Reresolve,
+            // Storage is busy or gave up waiting; the same URL may pass.
             StatusCode::TOO_MANY_REQUESTS | StatusCode::REQUEST_TIMEOUT => Decision::Retry,
+            // Storage's own fault, often passing.
             status if status.is_server_error() => Decision::Retry,
             // 404 or 410: the object went away behind a URL the API just
             // signed; that is the row's end, not something to wait for.
@@ -141,7 +144,8 @@ pub struct RetryPolicy {
     /// The first backoff ceiling; it doubles per retry up to `max_delay`.
     pub base_delay: Duration,
     pub max_delay: Duration,
-    /// Fresh URLs a row may ask for after storage refused one.
+    /// Fresh URLs a row may ask for after storage refused one, in all.
+    /// Each refusal earns one, but a fresh URL refused too ends the row.
     pub max_reresolves: u32,
     /// 429 answers a row may meet before it gives up.
     pub max_rate_limited: u32,
@@ -170,6 +174,8 @@ pub struct RetryBudget {
     jitter: fastrand::Rng,
     attempts: u32,
     reresolves: u32,
+    /// Storage refused the URL, and has not accepted one since.
+    refused_last: bool,
     rate_limited: u32,
 }
 
@@ -188,6 +194,7 @@ impl RetryBudget {
             jitter: fastrand::Rng::with_seed(seed),
             attempts: 1,
             reresolves: 0,
+            refused_last: false,
             rate_limited: 0,
         }
     }
@@ -215,10 +222,20 @@ impl RetryBudget {
         Some(Duration::from_nanos(self.jitter.u64(0..=nanos)))
     }
 
-    /// Counts a request for a fresh URL; false once they are used up.
+    /// Counts a request for a fresh URL after storage refused one. False
+    /// when the refused URL was itself the fresh answer to a refusal (a new
+    /// one would fare no better: that is a loop, not an expiry), or when
+    /// the row has used up its fresh URLs.
     pub fn take_reresolve(&mut self) -> bool {
         self.reresolves += 1;
-        self.reresolves <= self.policy.max_reresolves
+        let refused_again = std::mem::replace(&mut self.refused_last, true);
+        !refused_again && self.reresolves <= self.policy.max_reresolves
+    }
+
+    /// Storage accepted a URL, whatever went wrong after: a later refusal
+    /// is news again (say, a URL that expired while the row waited).
+    pub fn storage_accepted(&mut self) {
+        self.refused_last = false;
     }
 
     /// Counts a 429; false once the row has met too many.
@@ -257,7 +274,7 @@ mod tests {
             (api_status(403, None), EndRow(RowStatus::Forbidden)),
             (api_status(404, None), EndRow(RowStatus::NotFound)),
             (api_status(408, None), Retry),
-            (api_status(409, None), Retry),
+            (api_status(409, None), EndRow(RowStatus::Failed)),
             (api_status(500, None), Retry),
             (api_status(502, None), Retry),
             (api_status(503, Some(3)), Retry),
@@ -390,12 +407,26 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         let _guard = rt.enter();
         let mut budget = RetryBudget::new(policy, 0);
-        assert!(budget.take_reresolve() && budget.take_reresolve());
+        // Each refusal after storage accepted a URL earns a fresh one...
+        assert!(budget.take_reresolve());
+        budget.storage_accepted();
+        assert!(budget.take_reresolve());
+        budget.storage_accepted();
+        // ...up to the bound.
         assert!(!budget.take_reresolve());
         assert!(budget.take_rate_limited() && budget.take_rate_limited());
         assert!(budget.take_rate_limited());
         assert!(!budget.take_rate_limited());
         // Neither spent an attempt.
         assert_eq!(budget.attempt(), 1);
+    }
+
+    #[test]
+    fn a_fresh_url_refused_again_ends_the_row() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let _guard = rt.enter();
+        let mut budget = RetryBudget::new(RetryPolicy::with_max_attempts(8), 0);
+        assert!(budget.take_reresolve(), "an expired URL gets one fresh URL");
+        assert!(!budget.take_reresolve(), "the fresh URL refused too: no loop");
     }
 }

@@ -103,10 +103,20 @@ pub enum RunError {
     Locked(#[from] LockError),
     #[error("cannot use the journal {}: {source}", path.display())]
     Journal { path: PathBuf, source: std::io::Error },
-    #[error("cannot write the report in {}: {source}", path.display())]
+    #[error("cannot write the report in {}: {source}{}", path.display(), space_note(source, path))]
     Report { path: PathBuf, source: std::io::Error },
     #[error("cannot set up the HTTP client: {0}")]
     Http(#[source] reqwest::Error),
+}
+
+/// After a full disk, how much space is left where the write failed.
+fn space_note(error: &std::io::Error, path: &Path) -> String {
+    match error.kind() {
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            format!("; {}", crate::disk::free_space_text(path))
+        }
+        _ => String::new(),
+    }
 }
 
 impl RunError {
@@ -165,6 +175,7 @@ pub async fn run_with_progress(
     let reporter = progress::Reporter::start(mode, context.clone());
     let watcher = spawn_stop_watch(&context, &config);
     dispatch(&context, read_in_background(manifest)).await;
+    context.journal_settle().await;
     watcher.abort();
     reporter.finish().await;
     let started = context.started;
@@ -240,8 +251,9 @@ impl progress::Source for Context {
 fn open_report(store: &Store, extra: &[String]) -> Result<(String, Report), RunError> {
     let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
     let runs = store.runs_dir();
-    for n in 1..=100 {
-        let run_id = if n == 1 { stamp.clone() } else { format!("{stamp}-{n}") };
+    // Two digits keep the suffixed ids in order when sorted as text.
+    for n in 1..=99 {
+        let run_id = if n == 1 { stamp.clone() } else { format!("{stamp}-{n:02}") };
         let dir = runs.join(&run_id);
         match std::fs::create_dir(&dir) {
             Ok(()) => {
@@ -253,7 +265,7 @@ fn open_report(store: &Store, extra: &[String]) -> Result<(String, Report), RunE
             Err(source) => return Err(RunError::Report { path: dir, source }),
         }
     }
-    let source = std::io::Error::other("a hundred runs already started this second");
+    let source = std::io::Error::other("99 runs already started this second");
     Err(RunError::Report { path: runs, source })
 }
 
@@ -336,7 +348,13 @@ fn log_panic(joined: Result<(), tokio::task::JoinError>) {
 
 /// One row from first API call to final outcome.
 async fn row_task(context: Arc<Context>, row: Row, position: u64, _permit: OwnedSemaphorePermit) {
-    let span = info_span!("row", line = row.line, kind = %row.kind, id = %row.requested_id());
+    let span = info_span!(
+        "row",
+        line = row.line,
+        kind = %row.kind,
+        identifier = %row.identifier,
+        frame_or_track_id = row.frame_or_track_id.as_deref(),
+    );
     let result = tokio::select! {
         result = fetch_row(&context, &row).instrument(span) => result,
         () = context.shutdown.everything_ends() => RowResult::unfinished(&context),
@@ -346,11 +364,7 @@ async fn row_task(context: Arc<Context>, row: Row, position: u64, _permit: Owned
         match context.journal_row(&row, &result).await {
             // Journaled: a record of a whole download has done its job.
             Ok(()) => forget_finished_download(&context.store, &row),
-            Err(error) => {
-                let path = context.journal.path().display().to_string();
-                let reason = format!("cannot write the journal {path}: {error}");
-                context.shutdown.stop_now(StopCause::Fatal(reason));
-            }
+            Err(error) => context.stop_for_journal(&error),
         }
     }
     context.finish_row(position, &row, result);
@@ -454,7 +468,11 @@ async fn fetch_row(context: &Context, row: &Row) -> RowResult {
                 return RowResult { api_calls, ..RowResult::unfinished(context) };
             }
         };
-        match retry::classify(failure) {
+        let decision = retry::classify(failure);
+        if matches!(error, TryError::Storage(_)) && decision != Decision::Reresolve {
+            budget.storage_accepted();
+        }
+        match decision {
             Decision::Retry => {
                 let Some(delay) = budget.next_delay() else {
                     return end(RowStatus::Failed, &budget);
@@ -553,9 +571,12 @@ async fn try_once(
         Some(fresh) if fresh.age() < context.max_url_age => fresh,
         _ => resolve(context, row, api_calls).await?,
     };
+    // Stop first: once the run is stopping, a row back from a retry must
+    // not start a new download even when a slot is free.
     let _slot = tokio::select! {
-        slot = context.downloads.acquire() => slot.expect("never closed"),
+        biased;
         () = context.shutdown.no_new_work() => return Err(TryError::Stopping),
+        slot = context.downloads.acquire() => slot.expect("never closed"),
     };
     // The wait for a slot can be long when large files are downloading.
     if current.age() >= context.max_url_age {
@@ -721,7 +742,11 @@ impl Context {
             None => match stored {
                 Some(fetched) => {
                     self.already_stored.fetch_add(1, Ordering::Relaxed);
+                    let behind = journal_is_behind(&self.known, row, &fetched);
                     let result = RowResult::stored(fetched);
+                    if behind {
+                        self.journal_stored_row(row, &result);
+                    }
                     ledger.submit(position, row_record(row, &result));
                     let settled = ledger.settle(row, &result);
                     ledger.keys.insert(row_key(row), KeyState::Done(settled));
@@ -751,8 +776,37 @@ impl Context {
     /// Appends the row's outcome to the journal and waits until it is on
     /// disk: only then does the row count as done.
     async fn journal_row(&self, row: &Row, result: &RowResult) -> std::io::Result<()> {
+        let ticket = self.journal.append(&self.journal_entry(row, result))?;
+        self.journal.durable(ticket).await
+    }
+
+    /// Journals a row the manifest's hash answered from the store, so the
+    /// by-id view, `verify` and `status` (which read the journal) know it
+    /// too. The file is stored already, so the row need not wait for the
+    /// fsync: [`Context::journal_settle`] makes the line durable at the end.
+    fn journal_stored_row(&self, row: &Row, result: &RowResult) {
+        if let Err(error) = self.journal.append(&self.journal_entry(row, result)) {
+            self.stop_for_journal(&error);
+        }
+    }
+
+    /// Makes every journal line written so far durable.
+    async fn journal_settle(&self) {
+        if let Err(error) = self.journal.durable_all().await {
+            self.stop_for_journal(&error);
+        }
+    }
+
+    fn stop_for_journal(&self, error: &std::io::Error) {
+        let path = self.journal.path();
+        let free = crate::disk::free_space_text(path);
+        let reason = format!("cannot write the journal {}: {error}; {free}", path.display());
+        self.shutdown.stop_now(StopCause::Fatal(reason));
+    }
+
+    fn journal_entry(&self, row: &Row, result: &RowResult) -> JournalEntry {
         let record = row_record(row, result);
-        let entry = JournalEntry {
+        JournalEntry {
             kind: record.kind,
             id: row.requested_id().to_owned(),
             identifier: record.identifier,
@@ -766,9 +820,7 @@ impl Context {
             error: record.error,
             at: jiff::Timestamp::now().to_string(),
             run_id: self.run_id.clone(),
-        };
-        let ticket = self.journal.append(&entry)?;
-        self.journal.durable(ticket).await
+        }
     }
 
     /// Reports a row that was fetched (or not), and every duplicate that
@@ -853,6 +905,15 @@ fn http_client(total_timeout: Option<Duration>) -> reqwest::Result<Client> {
         None => builder,
     }
     .build()
+}
+
+/// Whether the journal lacks what the store just answered for the row: a
+/// file found by the manifest's hash that the journal does not record as
+/// this request's `ok` outcome.
+fn journal_is_behind(journal: &Outcomes, row: &Row, fetched: &Fetched) -> bool {
+    let hash = decode_sha256(&fetched.sha256);
+    let recorded = journal.get(row.kind, row.requested_id());
+    !recorded.is_some_and(|known| known.status == RowStatus::Ok && known.sha256 == hash)
 }
 
 /// The stored copy of a row's file, if there is one: the manifest names its

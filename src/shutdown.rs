@@ -52,11 +52,17 @@ impl Shutdown {
         self.immediate.cancel();
     }
 
-    /// The first cause wins: a fatal error after a signal does not rewrite
-    /// why the run stopped.
+    /// The first cause wins, except that a fatal error overrides an
+    /// interruption: a disk that fills during the grace period must end the
+    /// run as a failure (exit 1), not as a stop that a rerun simply resumes.
     fn record(&self, cause: StopCause) {
         let mut current = self.cause.lock().expect("stop lock poisoned");
-        if current.is_none() {
+        let replaces = match (&*current, &cause) {
+            (None, _) => true,
+            (Some(StopCause::Interrupted(_)), StopCause::Fatal(_)) => true,
+            (Some(_), _) => false,
+        };
+        if replaces {
             warn!(reason = cause.reason(), "stopping the run");
             *current = Some(cause);
         }
@@ -159,11 +165,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_first_cause_is_kept() {
+    async fn the_first_cause_is_kept_unless_a_fatal_one_follows() {
         let shutdown = Shutdown::default();
         shutdown.stop_gracefully(StopCause::Interrupted("SIGTERM received".into()));
-        shutdown.stop_now(StopCause::Fatal("disk full".into()));
+        shutdown.stop_now(StopCause::Interrupted("grace period over".into()));
         assert_eq!(shutdown.cause(), Some(StopCause::Interrupted("SIGTERM received".into())));
+        shutdown.stop_now(StopCause::Fatal("disk full".into()));
+        assert_eq!(shutdown.cause(), Some(StopCause::Fatal("disk full".into())));
+        shutdown.stop_now(StopCause::Fatal("a later failure".into()));
+        shutdown.stop_gracefully(StopCause::Interrupted("SIGINT received".into()));
+        assert_eq!(shutdown.cause(), Some(StopCause::Fatal("disk full".into())));
         assert!(shutdown.is_stopping());
     }
 

@@ -146,7 +146,7 @@ async fn urls_that_are_always_expired_end_the_row_instead_of_looping() {
     let rows = common::report_rows(&dir.path().join("out"));
     assert_eq!(rows[0]["status"], "failed");
     assert!(rows[0]["error"].contains("Request has expired"), "{:?}", rows[0]);
-    // The first URL, then one fresh URL per refusal, up to the bound.
-    assert_eq!(rows[0]["api_calls"], "4");
-    assert_eq!(outcome.summary.api_calls, 4);
+    // The first URL, then one fresh URL; that one refused too ends the row.
+    assert_eq!(rows[0]["api_calls"], "2");
+    assert_eq!(outcome.summary.api_calls, 2);
 }
