@@ -105,7 +105,7 @@ pub struct RunArgs {
     pub job: Option<PathBuf>,
 
     /// The API's base URL [default: `https://api.identifai.net`].
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = parse_api_url)]
     pub api_url: Option<Url>,
 
     #[command(flatten)]
@@ -282,6 +282,20 @@ pub struct SimulateArgs {
     /// Answer 404 for this identifier (repeatable).
     #[arg(long, value_name = "ID")]
     pub not_found: Vec<String>,
+
+    /// Answer 403 for this identifier (repeatable).
+    #[arg(long, value_name = "ID")]
+    pub forbidden: Vec<String>,
+}
+
+/// An http or https base URL: anything else (`file:`, `ftp:`) could never
+/// answer, and would only cost every row its attempts.
+pub fn parse_api_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|error| format!("bad URL {text:?}: {error}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("bad URL {text:?}: expected http or https"));
+    }
+    Ok(url)
 }
 
 fn parse_size(text: &str) -> Result<(String, u64), String> {

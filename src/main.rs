@@ -4,6 +4,7 @@
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use clap::{CommandFactory, Parser};
@@ -48,9 +49,14 @@ fn main() -> ExitCode {
     })
 }
 
+/// Set once JSON logging is on: from then on every line on stderr must be a
+/// JSON object, the closing messages included, for log shippers to parse.
+static JSON_LOGS: AtomicBool = AtomicBool::new(false);
+
 /// Logs go to stderr (above the progress bar, when one is drawn), so
 /// stdout stays for what a user asked to see.
 fn init_logging(format: LogFormat) {
+    JSON_LOGS.store(format == LogFormat::Json, Ordering::Relaxed);
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("identifai_fetch=info,warn"));
     let builder =
@@ -139,12 +145,11 @@ fn exit_code(result: Result<RunOutcome, RunError>) -> ExitCode {
                 ExitCode::SUCCESS
             } else {
                 let failed = summary.rows - summary.count_succeeded();
-                eprintln!(
-                    "{failed} of {} rows did not succeed; see {}",
-                    summary.rows,
-                    report.display()
-                );
-                ExitCode::from(EXIT_ROWS_FAILED)
+                let rows = summary.rows;
+                say(
+                    EXIT_ROWS_FAILED,
+                    &format!("{failed} of {rows} rows did not succeed; see {}", report.display()),
+                )
             }
         }
     }
@@ -166,7 +171,17 @@ fn with_causes(error: &dyn std::error::Error) -> String {
 }
 
 fn fail(code: u8, message: &str) -> ExitCode {
-    eprintln!("identifai-fetch: {message}");
+    say(code, &format!("identifai-fetch: {message}"))
+}
+
+/// The closing message on stderr: a plain line for people, or a log event
+/// when the logs are JSON lines.
+fn say(code: u8, message: &str) -> ExitCode {
+    if JSON_LOGS.load(Ordering::Relaxed) {
+        tracing::error!(exit_code = code, "{message}");
+    } else {
+        eprintln!("{message}");
+    }
     ExitCode::from(code)
 }
 
@@ -279,6 +294,7 @@ async fn simulate_command(args: SimulateArgs) -> ExitCode {
     config.sizes.extend(args.size);
     config.every_size = args.every_size;
     config.not_found.extend(args.not_found);
+    config.forbidden.extend(args.forbidden);
     let simulator = match Simulator::start_on(config, address).await {
         Ok(simulator) => simulator,
         Err(error) => {

@@ -77,7 +77,7 @@ async fn json_logs_carry_the_row_but_never_the_key_or_a_signature() {
         .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
         .find(|event| event["fields"]["message"] == "retrying")
         .expect("a retry was logged");
-    assert_eq!(retry["span"]["id"], "flaky", "{retry}");
+    assert_eq!(retry["span"]["identifier"], "flaky", "{retry}");
     assert_eq!(retry["span"]["line"], 2, "{retry}");
     assert!(!seen.stderr.contains(sim.api_key()));
     assert!(!seen.stderr.contains("X-Amz-Signature"), "{}", seen.stderr);

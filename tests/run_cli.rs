@@ -223,11 +223,12 @@ async fn bad_rows_are_reported_and_the_rest_still_runs() {
     let statuses: Vec<&str> = rows.iter().map(|r| r["status"].as_str()).collect();
     let expected = ["ok", "invalid", "invalid", "invalid", "invalid", "invalid", "invalid", "ok"];
     assert_eq!(statuses, expected);
-    for row in &rows[1..6] {
+    for row in &rows[1..7] {
         assert!(row["error"].contains(&format!("line {}", row["line"])), "{row:?}");
+        assert_eq!(row["api_calls"], "0", "{row:?}");
     }
     assert!(rows[1]["error"].contains("vidoe"), "{:?}", rows[1]);
-    assert!(rows[7 - 1]["error"].contains("path segment"), "{:?}", rows[6]);
+    assert!(rows[6]["error"].contains("path segment"), "{:?}", rows[6]);
     assert_eq!(sim.api_calls(), 2, "invalid rows cost no API call");
 }
 
@@ -364,6 +365,8 @@ async fn bad_options_are_usage_errors() {
     for args in [
         vec!["run", "m.csv", "--out", "o", "--rate", "5/day"],
         vec!["run", "m.csv", "--out", "o", "--concurrency", "0"],
+        vec!["run", "m.csv", "--out", "o", "--api-url", "file:///tmp/api"],
+        vec!["run", "m.csv", "--out", "o", "--api-url", "ftp://api.example.test"],
         vec!["run", "m.csv"],
         vec!["fetch"],
     ] {
@@ -403,6 +406,45 @@ async fn expected_hashes_skip_the_api_or_flag_a_mismatch() {
     assert_eq!((&rows[0][4], &rows[0][10]), ("ok", "0"));
     assert_eq!(&rows[1][4], "hash_mismatch");
     assert!(rows[1][11].contains(&wrong), "{:?}", rows[1]);
+    // The journal knows the row the hash answered, so the by-id view,
+    // verify and status see it too.
+    let journal = std::fs::read_to_string(out.join("journal.jsonl")).unwrap();
+    let copy = journal
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .find(|entry| entry["id"] == "copy-of-a")
+        .expect("the row answered by its hash is journaled");
+    assert_eq!((&copy["status"], &copy["sha256"]), (&"ok".into(), &sha_a.clone().into()));
+    let linked = std::fs::read_dir(out.join("by-id/image")).unwrap();
+    let names: Vec<String> =
+        linked.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().any(|name| name.starts_with("copy-of-a")), "{names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_stay_json_to_the_last_line() {
+    let mut config = SimConfig::default();
+    config.not_found.insert("gone".into());
+    let sim = unlimited(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = manifest(
+        dir.path(),
+        "type,identifier
+image,gone
+image,fine
+",
+    );
+    let out = dir.path().join("out");
+    let seen = run_against(&sim, &path, &out, &["--log-format", "json"]).await;
+    assert_eq!(seen.code, 3, "{}", seen.stderr);
+    let events: Vec<serde_json::Value> = seen
+        .stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let last = events.last().expect("the run logged");
+    assert!(last["fields"]["message"].as_str().unwrap().contains("1 of 2 rows"), "{last}");
+    assert_eq!(last["fields"]["exit_code"], 3, "{last}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
