@@ -4,8 +4,9 @@
 use std::path::Path;
 
 use crate::api::ApiKey;
+use crate::progress;
 use crate::report::{RowStatus, Summary};
-use crate::run::{RunConfig, RunError, RunOutcome, run};
+use crate::run::{RunConfig, RunError, RunOutcome, run_with_progress};
 use crate::simulator::{SimConfig, Simulator};
 
 /// The demo manifest, built in so the demo runs from any folder.
@@ -16,8 +17,17 @@ pub const MANIFEST: &str = include_str!("../jobs/demo/manifest.csv");
 pub const MISSING_ID: &str = "65a0ffffffffffffffffffff";
 
 /// Starts the simulator at the vendor's documented limits and runs the demo
-/// manifest into `out`. The outer error is the set-up failing.
+/// manifest into `out`, quietly. The outer error is the set-up failing.
 pub async fn run_demo(out: &Path) -> std::io::Result<Result<RunOutcome, RunError>> {
+    run_demo_with_progress(out, progress::Mode::Quiet).await
+}
+
+/// [`run_demo`], showing progress as `mode` says: the demo paces at one call
+/// a second, and a new user should see it working rather than wait blind.
+pub async fn run_demo_with_progress(
+    out: &Path,
+    mode: progress::Mode,
+) -> std::io::Result<Result<RunOutcome, RunError>> {
     let mut config = SimConfig::default();
     config.not_found.insert(MISSING_ID.to_owned());
     let simulator = Simulator::start(config).await?;
@@ -28,7 +38,7 @@ pub async fn run_demo(out: &Path) -> std::io::Result<Result<RunOutcome, RunError
     let api_url = simulator.api_url().parse().expect("the simulator's URL parses");
     let config = RunConfig::new(&manifest, out, api_url, key);
     eprintln!("demo: simulator at {}, running {}", simulator.api_url(), manifest.display());
-    let outcome = run(config).await;
+    let outcome = run_with_progress(config, mode).await;
     simulator.shutdown().await;
     Ok(outcome)
 }

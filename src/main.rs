@@ -313,7 +313,10 @@ async fn simulate_command(args: SimulateArgs) -> ExitCode {
 }
 
 async fn demo_command(out: &Path) -> ExitCode {
-    match demo::run_demo(out).await.context("the demo could not run") {
+    let every = std::time::Duration::from_secs(5);
+    let mode = progress::choose(std::io::stderr().is_terminal(), every, false);
+    let demo = demo::run_demo_with_progress(out, mode).await;
+    match demo.context("the demo could not run") {
         Ok(Ok(outcome)) if demo::went_as_designed(&outcome.summary) => {
             if let Err(error) = view::rebuild(out, view::ViewMode::Symlink) {
                 tracing::warn!(error = %error, "cannot build the by-id view");
