@@ -78,13 +78,18 @@ pub fn plan_with(manifest: &Path, store: &Store, journal: &Outcomes) -> Result<P
 /// The plan as a person reads it.
 pub fn render(plan: &Plan, rate: &RateSpec) -> String {
     let mut text = format!(
-        "{} rows: {} to fetch, {} already stored, {} duplicates, {} invalid\n",
-        plan.rows, plan.to_fetch, plan.stored, plan.duplicates, plan.invalid
+        "{}: {} to fetch, {} already stored, {}, {} invalid\n",
+        counted(plan.rows, "row"),
+        plan.to_fetch,
+        plan.stored,
+        counted(plan.duplicates, "duplicate"),
+        plan.invalid
     );
     let time = plan.api_time(rate);
+    let calls = counted(plan.to_fetch, "call");
+    let verb = if plan.to_fetch == 1 { "takes" } else { "take" };
     text.push_str(&format!(
-        "API budget: {} calls at {rate} take at least {}\n",
-        plan.to_fetch,
+        "API budget: {calls} at {rate} {verb} at least {}\n",
         human_duration(time)
     ));
     for reason in &plan.invalid_reasons {
@@ -95,6 +100,11 @@ pub fn render(plan: &Plan, rate: &RateSpec) -> String {
         text.push_str(&format!("invalid: … and {more} more\n"));
     }
     text
+}
+
+/// `1 row`, `2 rows`.
+fn counted(n: u64, noun: &str) -> String {
+    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
 }
 
 /// `1h02m`, `3m05s`, `12s`.

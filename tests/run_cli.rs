@@ -466,7 +466,7 @@ async fn a_plan_counts_and_times_without_a_request() {
     ] {
         let seen = run_bin(&args, &[]).await;
         assert_eq!(seen.code, 0, "{args:?}: {}", seen.stderr);
-        let counts = "5 rows: 2 to fetch, 1 already stored, 1 duplicates, 1 invalid";
+        let counts = "5 rows: 2 to fetch, 1 already stored, 1 duplicate, 1 invalid";
         assert!(seen.stdout.contains(counts), "{}", seen.stdout);
         assert!(seen.stdout.contains("API budget: 2 calls"), "{}", seen.stdout);
     }
