@@ -82,11 +82,19 @@ pub enum Command {
     #[command(after_help = "Example:\n  identifai-fetch completions bash \
         > /etc/bash_completion.d/identifai-fetch")]
     Completions(CompletionsArgs),
-    /// Print the manual page (roff).
-    #[command(
-        after_help = "Example:\n  identifai-fetch man > /usr/local/share/man/man1/identifai-fetch.1"
-    )]
-    Man,
+    /// Print the manual page (roff), or write one page per command.
+    #[command(after_help = "Examples:\n  \
+        identifai-fetch man > /usr/local/share/man/man1/identifai-fetch.1\n  \
+        identifai-fetch man --dir /usr/local/share/man/man1   # also identifai-fetch-run.1, ...")]
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write `identifai-fetch.1` and a page for each subcommand
+    /// (`identifai-fetch-run.1`, ...) into this folder instead.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context as _;
 use clap::{CommandFactory, Parser};
 use identifai_fetch::cli::{
-    Cli, Command, CompletionsArgs, LinkArgs, LogFormat, PlanArgs, RunArgs, SimulateArgs,
+    Cli, Command, CompletionsArgs, LinkArgs, LogFormat, ManArgs, PlanArgs, RunArgs, SimulateArgs,
     StatusArgs, VerifyArgs, ViewChoice,
 };
 use identifai_fetch::run::{RunError, RunOutcome, run_with_progress};
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
                 demo_command(&args.out).await
             }
             Command::Completions(args) => completions_command(&args),
-            Command::Man => man_command(),
+            Command::Man(args) => man_command(&args),
         }
     })
 }
@@ -279,9 +279,12 @@ fn completions_command(args: &CompletionsArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn man_command() -> ExitCode {
-    let page = clap_mangen::Man::new(Cli::command());
-    match page.render(&mut std::io::stdout()) {
+fn man_command(args: &ManArgs) -> ExitCode {
+    let written = match &args.dir {
+        Some(dir) => clap_mangen::generate_to(Cli::command(), dir),
+        None => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()),
+    };
+    match written {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => fail(EXIT_RUN_STOPPED, &format!("cannot write the man page: {error}")),
     }

@@ -201,4 +201,9 @@ async fn completions_and_a_man_page_come_from_the_command_line() {
     let man = run_bin(&["man"], &[]).await;
     assert_eq!(man.code, 0);
     assert!(man.stdout.contains(".TH identifai-fetch 1"), "{}", &man.stdout[..200]);
+    let pages = tempfile::tempdir().unwrap();
+    let man = run_bin(&["man", "--dir", pages.path().to_str().unwrap()], &[]).await;
+    assert_eq!(man.code, 0, "{}", man.stderr);
+    let run_page = std::fs::read_to_string(pages.path().join("identifai-fetch-run.1")).unwrap();
+    assert!(run_page.contains("max\\-attempts"), "the run page lists run's options");
 }
