@@ -84,6 +84,33 @@ pub struct RowRecord {
     pub extra: Vec<String>,
 }
 
+impl RowRecord {
+    /// A row's line with what it asked for; the outcome's fields are empty.
+    pub fn new(
+        line: u64,
+        kind: &str,
+        identifier: &str,
+        frame_or_track_id: String,
+        status: RowStatus,
+    ) -> RowRecord {
+        RowRecord {
+            line,
+            kind: kind.to_owned(),
+            identifier: identifier.to_owned(),
+            frame_or_track_id,
+            status,
+            sha256: String::new(),
+            bytes: None,
+            content_type: String::new(),
+            object: String::new(),
+            attempts: 0,
+            api_calls: 0,
+            error: String::new(),
+            extra: Vec::new(),
+        }
+    }
+}
+
 /// The fixed columns, in order; the manifest's own columns follow.
 pub const COLUMNS: [&str; 12] = [
     "line",
@@ -264,21 +291,11 @@ mod tests {
     use super::*;
 
     fn record(line: u64, status: RowStatus, extra: &[&str]) -> RowRecord {
-        RowRecord {
-            line,
-            kind: "image".into(),
-            identifier: format!("id{line}"),
-            frame_or_track_id: String::new(),
-            status,
-            sha256: String::new(),
-            bytes: None,
-            content_type: String::new(),
-            object: String::new(),
-            attempts: 1,
-            api_calls: 1,
-            error: String::new(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        }
+        let identifier = format!("id{line}");
+        let mut record = RowRecord::new(line, "image", &identifier, String::new(), status);
+        (record.attempts, record.api_calls) = (1, 1);
+        record.extra = extra.iter().map(|s| s.to_string()).collect();
+        record
     }
 
     #[test]

@@ -985,39 +985,18 @@ fn fill_object(record: &mut RowRecord, fetched: &Fetched) {
 }
 
 fn base_record(row: &Row, status: RowStatus) -> RowRecord {
-    RowRecord {
-        line: row.line,
-        kind: row.kind.as_str().to_owned(),
-        identifier: row.identifier.clone(),
-        frame_or_track_id: row.frame_or_track_id.clone().unwrap_or_default(),
-        status,
-        sha256: String::new(),
-        bytes: None,
-        content_type: String::new(),
-        object: String::new(),
-        attempts: 0,
-        api_calls: 0,
-        error: String::new(),
-        extra: row.extra.clone(),
-    }
+    let frame = row.frame_or_track_id.clone().unwrap_or_default();
+    let mut record = RowRecord::new(row.line, row.kind.as_str(), &row.identifier, frame, status);
+    record.extra = row.extra.clone();
+    record
 }
 
 fn invalid_record(bad: InvalidRow) -> RowRecord {
-    RowRecord {
-        line: bad.line,
-        kind: bad.kind,
-        identifier: bad.identifier,
-        frame_or_track_id: bad.frame_or_track_id,
-        status: RowStatus::Invalid,
-        sha256: String::new(),
-        bytes: None,
-        content_type: String::new(),
-        object: String::new(),
-        attempts: 0,
-        api_calls: 0,
-        error: bad.reason,
-        extra: bad.extra,
-    }
+    let (kind, frame) = (&bad.kind, bad.frame_or_track_id);
+    let mut record = RowRecord::new(bad.line, kind, &bad.identifier, frame, RowStatus::Invalid);
+    record.error = bad.reason;
+    record.extra = bad.extra;
+    record
 }
 
 fn log_summary(summary: &Summary) {
