@@ -122,6 +122,14 @@ pub struct ViewStats {
 /// Why the view could not be rebuilt; the previous view, if any, is intact.
 #[derive(Debug, thiserror::Error)]
 pub enum ViewError {
+    /// `dir` has neither `objects/` nor a journal: most likely a folder
+    /// named by mistake, such as the medium the files were meant for.
+    #[error(
+        "{} is not an identifai-fetch store: it has neither objects/ nor journal.jsonl; \
+         the view is built inside a store, as DIR/by-id/, so name the store's folder",
+        dir.display()
+    )]
+    NotAStore { dir: PathBuf },
     /// `DIR/journal.jsonl` exists but could not be read.
     #[error("cannot read the journal in {}: {source}", dir.display())]
     Journal {
@@ -165,7 +173,9 @@ fn stamp(dir: &Path, mode: ViewMode) -> Option<String> {
 }
 
 /// Rebuilds `DIR/by-id/` from the journal and swaps it in for the old view.
+/// Refuses a folder that is not a store rather than leave a view in it.
 pub fn rebuild(dir: &Path, mode: ViewMode) -> Result<ViewStats, ViewError> {
+    check_store(dir)?;
     // Taken before the journal is read: a line added meanwhile changes the
     // stamp, so the next refresh rebuilds.
     let source = stamp(dir, mode);
@@ -192,6 +202,20 @@ pub fn rebuild(dir: &Path, mode: ViewMode) -> Result<ViewStats, ViewError> {
         let _ = fs::write(dir.join(STAMP), source);
     }
     Ok(stats)
+}
+
+/// Fails unless `dir` has what a run leaves in a store: `objects/` (made
+/// when a run opens the store) or the journal.
+// Known limit: `link` takes the store's lock before this check, and taking
+// it creates DIR and DIR/lock; so `link` on a folder that is not a store
+// refuses, but leaves an empty `lock` file (and DIR, if it was missing).
+// Checking before the lock belongs to the command in main.rs.
+fn check_store(dir: &Path) -> Result<(), ViewError> {
+    let objects = fs::metadata(dir.join("objects")).is_ok_and(|meta| meta.is_dir());
+    if objects || exists(&dir.join(crate::journal::FILE_NAME)) {
+        return Ok(());
+    }
+    Err(ViewError::NotAStore { dir: dir.to_path_buf() })
 }
 
 /// One stored file the view shows.

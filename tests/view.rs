@@ -3,6 +3,8 @@
 
 #![cfg(unix)]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -400,6 +402,8 @@ fn leftovers_of_a_crashed_rebuild_are_cleaned_up() {
 #[test]
 fn a_store_without_a_journal_gets_an_empty_view() {
     let store = Fixture::new();
+    // As a run leaves a store before its first journal line: objects/ alone.
+    fs::create_dir_all(store.dir.join("objects/sha256")).unwrap();
     assert_eq!(store.rebuild(ViewMode::Symlink), ViewStats::default());
     assert!(store.view().is_dir());
     assert!(paths(&store.view()).is_empty());
@@ -421,4 +425,39 @@ fn a_refresh_keeps_a_view_built_from_the_same_journal() {
     assert!(refresh(store, ViewMode::Copy).unwrap().is_some(), "the journal grew: rebuilt");
     std::fs::remove_dir_all(store.join("by-id")).unwrap();
     assert!(refresh(store, ViewMode::Copy).unwrap().is_some(), "a missing view is rebuilt");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_refuses_a_folder_that_is_not_a_store() {
+    // The medium the files were meant for, named instead of the store.
+    let dir = tempfile::tempdir().unwrap();
+    let usb = dir.path().join("usb-handover");
+    fs::create_dir(&usb).unwrap();
+    fs::write(usb.join("notes.txt"), b"already here").unwrap();
+
+    let seen = common::run_bin(&["link", usb.to_str().unwrap(), "--view", "copy"], &[]).await;
+    assert_ne!(seen.code, 0, "{}", seen.stdout);
+    assert!(seen.stderr.contains("is not an identifai-fetch store"), "{}", seen.stderr);
+    assert!(seen.stderr.contains(&usb.display().to_string()), "{}", seen.stderr);
+    assert!(!usb.join("by-id").exists() && !usb.join("by-id.new").exists());
+    assert_eq!(fs::read(usb.join("notes.txt")).unwrap(), b"already here");
+
+    // The help shows the view built inside a store, not on the medium.
+    let help = common::run_bin(&["link", "--help"], &[]).await.stdout;
+    assert!(help.contains("link /srv/evidence --view copy"), "{help}");
+    assert!(!help.contains("link /mnt/"), "{help}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_builds_a_view_in_a_store_that_has_only_a_journal_or_only_objects() {
+    for (folder, file) in [("objects/sha256", None), ("", Some("journal.jsonl"))] {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join(folder)).unwrap();
+        if let Some(file) = file {
+            fs::write(dir.path().join(file), "").unwrap();
+        }
+        let seen = common::run_bin(&["link", dir.path().to_str().unwrap()], &[]).await;
+        assert_eq!(seen.code, 0, "{folder:?} {file:?}: {}", seen.stderr);
+        assert!(dir.path().join("by-id").is_dir());
+    }
 }
