@@ -180,6 +180,49 @@ pub fn refresh(dir: &Path, mode: ViewMode) -> Result<Option<ViewStats>, ViewErro
     rebuild(dir, mode).map(Some)
 }
 
+/// Rebuilds the view, if the store has one, in the mode it was built in;
+/// `None` when there is no view, or an empty one, to rebuild. For callers
+/// that took objects out of the store (verify's quarantine): the journal did
+/// not change, so [`refresh`] would keep entries that lead nowhere.
+pub fn rebuild_existing(dir: &Path) -> Result<Option<ViewStats>, ViewError> {
+    match built_mode(dir) {
+        Some(mode) => rebuild(dir, mode).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Whether the store at `dir` has a view, empty or not.
+pub fn has_view(dir: &Path) -> bool {
+    exists(&dir.join(LIVE))
+}
+
+/// Makes the next [`refresh`] rebuild the view whatever the journal says,
+/// for a caller that changed the store without writing to the journal.
+pub fn invalidate(dir: &Path) -> io::Result<()> {
+    match fs::remove_file(dir.join(STAMP)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The mode the live view was built in: as its stamp says, or else as its
+/// first entry shows; `None` without a view or with an empty one.
+fn built_mode(dir: &Path) -> Option<ViewMode> {
+    if !has_view(dir) {
+        return None;
+    }
+    let stamp = fs::read_to_string(dir.join(STAMP)).unwrap_or_default();
+    match stamp.split_whitespace().next() {
+        Some("Symlink") => return Some(ViewMode::Symlink),
+        Some("Copy") => return Some(ViewMode::Copy),
+        _ => {}
+    }
+    let live = dir.join(LIVE);
+    let first = entries_of(&live).ok()?.into_iter().next()?;
+    let meta = fs::symlink_metadata(live.join(first)).ok()?;
+    Some(if meta.file_type().is_symlink() { ViewMode::Symlink } else { ViewMode::Copy })
+}
+
 /// The journal's size and modification time, and the mode, as one line.
 fn stamp(dir: &Path, mode: ViewMode) -> Option<String> {
     let meta = fs::metadata(dir.join(crate::journal::FILE_NAME)).ok()?;
