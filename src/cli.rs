@@ -69,7 +69,10 @@ pub enum Command {
     Status(StatusArgs),
     /// Rebuild DIR/by-id/, the view of stored files by submission id.
     #[command(after_help = "Examples:\n  identifai-fetch link /srv/evidence\n  \
-        identifai-fetch link /mnt/usb-handover --view copy   # real files, no symlinks")]
+        identifai-fetch link /srv/evidence --view copy   # real files in /srv/evidence/by-id/\n\n\
+        The view is always built inside the store. To hand files over on a USB stick,\n\
+        copy the view from there, following its links:\n  \
+        cp -rL /srv/evidence/by-id /mnt/usb-handover/")]
     Link(LinkArgs),
     /// Run the built-in IdentifAI API simulator, to try the tool without an account.
     #[command(after_help = "Examples:\n  identifai-fetch simulate --port 8417\n  \
@@ -246,10 +249,10 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub struct LinkArgs {
-    /// The output folder.
+    /// The store (a run's --out folder); the view is built inside it, as DIR/by-id/.
     pub dir: PathBuf,
 
-    /// Relative symlinks, or real copies for media without symlinks.
+    /// Relative symlinks, or real copies for shares and tools that do not follow links.
     #[arg(long, value_name = "VIEW", default_value = "symlink")]
     pub view: ViewChoice,
 }

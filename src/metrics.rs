@@ -1,10 +1,27 @@
 //! `--metrics-file`: the run's figures in Prometheus text format, for
 //! node_exporter's textfile collector, so that a nightly job can be alerted
-//! on ("no success for two days", "rows failing") like any other service.
+//! on ("no finished run for two days", "rows failing") like any other service.
 //!
 //! The file is replaced atomically (written aside, then renamed), so the
-//! collector never reads half a file. The last success time survives runs
-//! that did not succeed: it is read back from the previous file.
+//! collector never reads half a file. Three timestamps tell runs apart:
+//!
+//! - `identifai_fetch_last_run_timestamp_seconds`: when the last run that
+//!   wrote a report ended, however it ended;
+//! - `identifai_fetch_last_finished_timestamp_seconds`: when a run last went
+//!   through its whole manifest, not stopped by a signal, its deadline or an
+//!   error, whatever its rows' outcomes. This is the one to alert on: it
+//!   goes stale when the job stops running, keeps dying or never finishes;
+//! - `identifai_fetch_last_success_timestamp_seconds`: when a finished run
+//!   last stored every row. One submission that the API no longer has keeps
+//!   it back for good, so it is for graphs, not for paging.
+//!
+//! The last two survive runs that did not reach them: they are read back
+//! from the previous file. A run that could not start (a bad manifest, an
+//! unusable store, the lock held) writes no file at all, so every timestamp
+//! keeps its age.
+//!
+//! Every figure is a gauge of the last run, not a counter across runs, so
+//! none ends in `_total`; units are suffixes, as Prometheus names them.
 
 use std::fmt::Write as _;
 use std::io;
@@ -13,22 +30,37 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::report::{RowStatus, Summary};
 
+const LAST_FINISHED: &str = "identifai_fetch_last_finished_timestamp_seconds";
 const LAST_SUCCESS: &str = "identifai_fetch_last_success_timestamp_seconds";
+
+/// When runs last reached the milestones that a later run may not reach,
+/// Unix time; `None` until one did.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Milestones {
+    /// A run went through its whole manifest.
+    pub finished: Option<f64>,
+    /// A finished run stored every row.
+    pub success: Option<f64>,
+}
 
 /// Writes the metrics of a finished run to `path`.
 pub fn write(path: &Path, summary: &Summary, now: SystemTime) -> io::Result<()> {
-    let previous_success = std::fs::read_to_string(path).ok().and_then(|t| last_success(&t));
+    let previous = std::fs::read_to_string(path).unwrap_or_default();
     let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-    let succeeded = summary.stopped.is_none() && summary.all_succeeded();
-    let last_success = if succeeded { Some(now) } else { previous_success };
-    let text = render(summary, now, last_success);
+    let finished = summary.stopped.is_none();
+    let succeeded = finished && summary.all_succeeded();
+    let milestones = Milestones {
+        finished: if finished { Some(now) } else { read_back(&previous, LAST_FINISHED) },
+        success: if succeeded { Some(now) } else { read_back(&previous, LAST_SUCCESS) },
+    };
+    let text = render(summary, now, milestones);
     let aside = path.with_extension("prom.new");
     std::fs::write(&aside, text)?;
     std::fs::rename(&aside, path)
 }
 
 /// The Prometheus text for a run.
-pub fn render(summary: &Summary, now: f64, last_success: Option<f64>) -> String {
+pub fn render(summary: &Summary, now: f64, milestones: Milestones) -> String {
     let mut text = String::new();
     gauge_header(&mut text, "identifai_fetch_rows", "Rows of the last run, by status.");
     for status in RowStatus::ALL {
@@ -42,7 +74,7 @@ pub fn render(summary: &Summary, now: f64, last_success: Option<f64>) -> String 
             summary.already_stored as f64,
         ),
         (
-            "identifai_fetch_bytes_downloaded",
+            "identifai_fetch_downloaded_bytes",
             "Body bytes received from storage in the last run.",
             summary.bytes_downloaded as f64,
         ),
@@ -74,9 +106,19 @@ pub fn render(summary: &Summary, now: f64, last_success: Option<f64>) -> String 
         gauge_header(&mut text, name, help);
         let _ = writeln!(text, "{name} {value}");
     }
-    if let Some(when) = last_success {
-        gauge_header(&mut text, LAST_SUCCESS, "When a run last stored every row, Unix time.");
-        let _ = writeln!(text, "{LAST_SUCCESS} {when}");
+    let carried = [
+        (
+            LAST_FINISHED,
+            "When a run last went through its whole manifest, Unix time.",
+            milestones.finished,
+        ),
+        (LAST_SUCCESS, "When a run last stored every row, Unix time.", milestones.success),
+    ];
+    for (name, help, value) in carried {
+        if let Some(when) = value {
+            gauge_header(&mut text, name, help);
+            let _ = writeln!(text, "{name} {when}");
+        }
     }
     text
 }
@@ -85,8 +127,9 @@ fn gauge_header(text: &mut String, name: &str, help: &str) {
     let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} gauge");
 }
 
-fn last_success(previous: &str) -> Option<f64> {
-    previous.lines().find_map(|line| line.strip_prefix(LAST_SUCCESS)?.trim().parse().ok())
+/// The value of the sample `name` in a previous file's text.
+fn read_back(previous: &str, name: &str) -> Option<f64> {
+    previous.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 #[cfg(test)]
@@ -103,7 +146,8 @@ mod tests {
 
     #[test]
     fn every_status_and_figure_is_a_gauge() {
-        let text = render(&summary(3, 1), 1000.0, Some(900.0));
+        let milestones = Milestones { finished: Some(1000.0), success: Some(900.0) };
+        let text = render(&summary(3, 1), 1000.0, milestones);
         assert!(text.contains("identifai_fetch_rows{status=\"ok\"} 3\n"), "{text}");
         assert!(text.contains("identifai_fetch_rows{status=\"hash_mismatch\"} 0\n"), "{text}");
         assert!(text.contains("identifai_fetch_api_calls 7\n"), "{text}");
@@ -126,5 +170,66 @@ mod tests {
         assert!(text.contains(&format!("{LAST_SUCCESS} 86400\n")), "{text}");
         assert!(text.contains("identifai_fetch_last_run_timestamp_seconds 172800\n"), "{text}");
         assert!(!dir.path().join("identifai_fetch.prom.new").exists());
+    }
+
+    /// The samples of one metric name in a metrics file's text.
+    fn sample(text: &str, name: &str) -> Option<String> {
+        text.lines().find_map(|line| Some(line.strip_prefix(name)?.strip_prefix(' ')?.to_owned()))
+    }
+
+    #[test]
+    fn failed_rows_finish_a_run_and_a_stop_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("identifai_fetch.prom");
+        let day = |n: u64| UNIX_EPOCH + Duration::from_secs(n * 86_400);
+
+        // Night 1: one row is gone for good (not found); the run still finished.
+        let mut missing_one = summary(2, 0);
+        missing_one.rows += 1;
+        missing_one.by_status.insert("not_found", 1);
+        write(&path, &missing_one, day(1)).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(sample(&text, LAST_FINISHED).as_deref(), Some("86400"), "{text}");
+        assert_eq!(sample(&text, LAST_SUCCESS), None, "no run has stored every row yet");
+
+        // Night 2: stopped by its deadline; it ended, but did not finish.
+        let mut stopped = summary(1, 0);
+        stopped.stopped = Some("the deadline passed".to_owned());
+        stopped.interrupted = true;
+        write(&path, &stopped, day(2)).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let last_run = "identifai_fetch_last_run_timestamp_seconds";
+        assert_eq!(sample(&text, last_run).as_deref(), Some("172800"), "{text}");
+        assert_eq!(sample(&text, LAST_FINISHED).as_deref(), Some("86400"), "{text}");
+        assert_eq!(sample(&text, "identifai_fetch_stopped").as_deref(), Some("1"), "{text}");
+
+        // Night 3: every row stored; all three move.
+        write(&path, &summary(3, 0), day(3)).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for name in [last_run, LAST_FINISHED, LAST_SUCCESS] {
+            assert_eq!(sample(&text, name).as_deref(), Some("259200"), "{name}: {text}");
+        }
+    }
+
+    #[test]
+    fn names_follow_the_prometheus_conventions() {
+        let milestones = Milestones { finished: Some(2.0), success: Some(1.0) };
+        let text = render(&Summary { bytes_downloaded: 4096, ..summary(1, 0) }, 3.0, milestones);
+        assert_eq!(sample(&text, "identifai_fetch_downloaded_bytes").as_deref(), Some("4096"));
+        for line in text.lines().filter(|line| line.starts_with("# HELP ")) {
+            let mut words = line.split_whitespace().skip(2);
+            let name = words.next().unwrap();
+            let help = words.collect::<Vec<_>>().join(" ");
+            let snake = name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+            assert!(name.starts_with("identifai_fetch_") && snake, "{name}");
+            // Gauges of the last run: `_total` would claim a counter.
+            assert!(!name.ends_with("_total"), "{name}");
+            if help.contains("Unix time") {
+                assert!(name.ends_with("_timestamp_seconds"), "{name}");
+            }
+            if help.contains("bytes") || help.contains("How long") {
+                assert!(name.ends_with("_bytes") || name.ends_with("_seconds"), "{name}");
+            }
+        }
     }
 }

@@ -17,11 +17,17 @@
 //! Moving an object out makes the store forget it: the next run whose
 //! manifest asks for that file downloads it again. That is the repair.
 //!
+//! The by-id view would still show a file that is gone (a link into nowhere,
+//! or a copy of bytes the store no longer vouches for), so when an `ok` row
+//! lost its object verify rebuilds the view, in the mode it was built in.
+//! That needs the store's lock, which verify only tries for: while a run holds
+//! it, verify says so and leaves the view to that run's end or to `link`.
+//!
 //! Problems are written to `DIR/verify/<timestamp>.csv`, one line each.
 //!
-//! Verify takes no lock, so it may run beside a download run: a run writes
-//! into `tmp/` and only renames finished, fsynced files into `objects/`, so
-//! nothing verify reads is half-written.
+//! The checks take no lock, so verify may run beside a download run: a run
+//! writes into `tmp/` and only renames finished, fsynced files into
+//! `objects/`, so nothing verify reads is half-written.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -35,9 +41,10 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::journal::{self, JournalIndex, Known};
-use crate::lock;
+use crate::lock::{self, StoreLock};
 use crate::manifest::Kind;
 use crate::store::{Store, StoreError, at};
+use crate::view;
 
 /// Where objects live, relative to the store's folder (see [`Store`]).
 pub(crate) const OBJECTS: &str = "objects/sha256";
@@ -115,6 +122,20 @@ pub struct VerifyOutcome {
     pub elapsed: Duration,
     /// The run holding the store's lock while verify ran, if any.
     pub run_in_progress: Option<String>,
+    /// What became of the by-id view.
+    pub view: ViewRepair,
+}
+
+/// What verify did about the by-id view once objects were found gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ViewRepair {
+    /// No `ok` row lost its object, or the store has no view.
+    Unneeded,
+    /// The view was rebuilt without the objects that are gone.
+    Rebuilt,
+    /// The view could not be rebuilt now, for this reason; it may still
+    /// show files that are gone until `link DIR` or the next run rebuilds it.
+    Deferred(String),
 }
 
 impl VerifyOutcome {
@@ -175,7 +196,12 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> Result<VerifyOutcome, Veri
     };
     findings.check_journal(&journal, &objects);
     let report_path = write_report(dir, &stamp, &findings.rows)?;
-    let outcome = findings.into_outcome(report_path, started.elapsed(), holder);
+    let view = if findings.missing.is_empty() || !view::has_view(dir) {
+        ViewRepair::Unneeded
+    } else {
+        repair_view(dir)
+    };
+    let outcome = findings.into_outcome(report_path, started.elapsed(), holder, view);
     tracing::debug!(
         objects = outcome.objects_checked,
         bytes = outcome.bytes_checked,
@@ -187,6 +213,43 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> Result<VerifyOutcome, Veri
         "verified the store"
     );
     Ok(outcome)
+}
+
+/// Takes the entries of objects that are gone out of the by-id view, and
+/// says what it did on stderr, since that is where a user of `verify` looks.
+fn repair_view(dir: &Path) -> ViewRepair {
+    // First, so that whatever happens below, the next run's refresh rebuilds
+    // the view: refresh watches the journal, and the journal did not change.
+    if let Err(error) = view::invalidate(dir) {
+        tracing::debug!(%error, "cannot remove the view's stamp");
+    }
+    let repair = match StoreLock::acquire(dir) {
+        // Never waits: a run holding the lock may go on for hours.
+        Err(error) => ViewRepair::Deferred(error.to_string()),
+        Ok(lock) => {
+            let rebuilt = view::rebuild_existing(dir);
+            if let Err(error) = lock.release() {
+                tracing::warn!(%error, "could not clear the lock record");
+            }
+            match rebuilt {
+                Ok(Some(_)) => ViewRepair::Rebuilt,
+                Ok(None) => ViewRepair::Unneeded,
+                Err(error) => ViewRepair::Deferred(error.to_string()),
+            }
+        }
+    };
+    match &repair {
+        ViewRepair::Rebuilt => {
+            tracing::info!(dir = %dir.display(), "rebuilt by-id/ without the files that are gone")
+        }
+        ViewRepair::Deferred(reason) => tracing::warn!(
+            "by-id/ may still show files that are gone: cannot rebuild it now ({reason}); \
+             the next run rebuilds it, or run `identifai-fetch link {}`",
+            dir.display()
+        ),
+        ViewRepair::Unneeded => {}
+    }
+    repair
 }
 
 /// Fails unless `dir` is a folder with an `objects/` folder in it.
@@ -466,6 +529,7 @@ impl<'a> Findings<'a> {
         report_path: PathBuf,
         elapsed: Duration,
         holder: Option<lock::Holder>,
+        view: ViewRepair,
     ) -> VerifyOutcome {
         VerifyOutcome {
             objects_checked: self.objects_checked,
@@ -477,6 +541,7 @@ impl<'a> Findings<'a> {
             report_path,
             elapsed,
             run_in_progress: holder.map(|holder| holder.to_string()),
+            view,
         }
     }
 }

@@ -20,6 +20,14 @@
 //! crash the next rebuild makes it again from the journal. The caller holds
 //! the store's lock, since two rebuilds would share `by-id.new/`.
 //!
+//! In copy mode a rebuild does not copy again what the previous view already
+//! holds. `by-id.copies` beside the view records, for each copy, the object it
+//! was copied from and the copy's size and modification time. A copy that is
+//! still at the same path, from the same object, with that size and time, is
+//! hard-linked into the new view, which costs no bytes and leaves the old view
+//! whole for its readers until the swap. The object's hash is what tells the
+//! copy is of the right file; size and time tell it was not edited since.
+//!
 //! # Names
 //!
 //! Identifiers are opaque strings from a CSV. [`safe_component`] turns each
@@ -80,6 +88,9 @@ const OLD: &str = "by-id.old";
 /// What the live view was built from: the journal's size and time, and the
 /// mode. A run whose journal did not change (a no-op rerun) keeps the view.
 const STAMP: &str = "by-id.stamp";
+/// In copy mode, what each copy of the live view was made from (see the
+/// module documentation); absent in symlink mode.
+const COPIES: &str = "by-id.copies";
 
 /// The longest name [`safe_component`] returns, in bytes. File systems allow
 /// 255; this leaves room for a collision suffix and an extension.
@@ -99,7 +110,8 @@ pub enum ViewMode {
     Symlink,
     /// Copies of the objects' bytes, for media that cannot hold symlinks.
     /// They are independent files (never hard links to the evidence) and
-    /// keep the objects' read-only permission.
+    /// keep the objects' read-only permission. A copy that the previous view
+    /// already had right is kept, hard-linked from that view, not copied again.
     Copy,
 }
 
@@ -108,8 +120,11 @@ pub enum ViewMode {
 pub struct ViewStats {
     /// Symbolic links made (in [`ViewMode::Symlink`]).
     pub linked: u64,
-    /// Files copied (in [`ViewMode::Copy`]); every one is copied afresh.
+    /// Entries that are copies (in [`ViewMode::Copy`]), kept or made afresh.
     pub copied: u64,
+    /// Of [`copied`](Self::copied), those kept from the previous view
+    /// rather than copied again.
+    pub copies_kept: u64,
     /// Paths of the previous view that the new one no longer has.
     pub removed: u64,
     /// Entries that took a `~N` suffix because their name was taken.
@@ -122,6 +137,14 @@ pub struct ViewStats {
 /// Why the view could not be rebuilt; the previous view, if any, is intact.
 #[derive(Debug, thiserror::Error)]
 pub enum ViewError {
+    /// `dir` has neither `objects/` nor a journal: most likely a folder
+    /// named by mistake, such as the medium the files were meant for.
+    #[error(
+        "{} is not an identifai-fetch store: it has neither objects/ nor journal.jsonl; \
+         the view is built inside a store, as DIR/by-id/, so name the store's folder",
+        dir.display()
+    )]
+    NotAStore { dir: PathBuf },
     /// `DIR/journal.jsonl` exists but could not be read.
     #[error("cannot read the journal in {}: {source}", dir.display())]
     Journal {
@@ -157,6 +180,49 @@ pub fn refresh(dir: &Path, mode: ViewMode) -> Result<Option<ViewStats>, ViewErro
     rebuild(dir, mode).map(Some)
 }
 
+/// Rebuilds the view, if the store has one, in the mode it was built in;
+/// `None` when there is no view, or an empty one, to rebuild. For callers
+/// that took objects out of the store (verify's quarantine): the journal did
+/// not change, so [`refresh`] would keep entries that lead nowhere.
+pub fn rebuild_existing(dir: &Path) -> Result<Option<ViewStats>, ViewError> {
+    match built_mode(dir) {
+        Some(mode) => rebuild(dir, mode).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Whether the store at `dir` has a view, empty or not.
+pub fn has_view(dir: &Path) -> bool {
+    exists(&dir.join(LIVE))
+}
+
+/// Makes the next [`refresh`] rebuild the view whatever the journal says,
+/// for a caller that changed the store without writing to the journal.
+pub fn invalidate(dir: &Path) -> io::Result<()> {
+    match fs::remove_file(dir.join(STAMP)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The mode the live view was built in: as its stamp says, or else as its
+/// first entry shows; `None` without a view or with an empty one.
+fn built_mode(dir: &Path) -> Option<ViewMode> {
+    if !has_view(dir) {
+        return None;
+    }
+    let stamp = fs::read_to_string(dir.join(STAMP)).unwrap_or_default();
+    match stamp.split_whitespace().next() {
+        Some("Symlink") => return Some(ViewMode::Symlink),
+        Some("Copy") => return Some(ViewMode::Copy),
+        _ => {}
+    }
+    let live = dir.join(LIVE);
+    let first = entries_of(&live).ok()?.into_iter().next()?;
+    let meta = fs::symlink_metadata(live.join(first)).ok()?;
+    Some(if meta.file_type().is_symlink() { ViewMode::Symlink } else { ViewMode::Copy })
+}
+
 /// The journal's size and modification time, and the mode, as one line.
 fn stamp(dir: &Path, mode: ViewMode) -> Option<String> {
     let meta = fs::metadata(dir.join(crate::journal::FILE_NAME)).ok()?;
@@ -165,7 +231,9 @@ fn stamp(dir: &Path, mode: ViewMode) -> Option<String> {
 }
 
 /// Rebuilds `DIR/by-id/` from the journal and swaps it in for the old view.
+/// Refuses a folder that is not a store rather than leave a view in it.
 pub fn rebuild(dir: &Path, mode: ViewMode) -> Result<ViewStats, ViewError> {
+    check_store(dir)?;
     // Taken before the journal is read: a line added meanwhile changes the
     // stamp, so the next refresh rebuilds.
     let source = stamp(dir, mode);
@@ -174,24 +242,105 @@ pub fn rebuild(dir: &Path, mode: ViewMode) -> Result<ViewStats, ViewError> {
         .map_err(|source| ViewError::Journal { dir: dir.to_path_buf(), source })?;
     let mut stats = ViewStats::default();
     let plan = plan(dir, &index, &mut stats);
+    let previous = match mode {
+        ViewMode::Copy => read_copies(dir),
+        ViewMode::Symlink => HashMap::new(),
+    };
 
     let new_root = dir.join(NEW);
     fs::create_dir(&new_root).map_err(at("cannot create", &new_root))?;
-    let mut builder = Builder { dir, root: &new_root, mode, stats, made: HashSet::new() };
+    let mut builder = Builder {
+        dir,
+        root: &new_root,
+        mode,
+        stats,
+        made: HashSet::new(),
+        previous,
+        copies: Vec::new(),
+    };
     if let Err(e) = builder.build(&plan) {
         // Copies can be large: do not leave them for the next rebuild to find.
         let _ = fs::remove_dir_all(&new_root);
         return Err(e);
     }
-    let Builder { mut stats, made, .. } = builder;
+    let Builder { mut stats, made, copies, .. } = builder;
     stats.removed = entries_of(&dir.join(LIVE))?.difference(&made).count() as u64;
+    // Both describe the live view: gone before it changes, so that a crash
+    // between the swap and their rewrite costs a rebuild, never a wrong one.
     let _ = fs::remove_file(dir.join(STAMP));
+    let _ = fs::remove_file(dir.join(COPIES));
     swap_in(dir)?;
+    if mode == ViewMode::Copy {
+        // Without the record the next rebuild only copies everything again.
+        let _ = fs::write(dir.join(COPIES), render_copies(&copies));
+    }
     if let Some(source) = source {
         // Without the stamp the next refresh only rebuilds again.
         let _ = fs::write(dir.join(STAMP), source);
     }
     Ok(stats)
+}
+
+/// What one copy in the view was made from, and how it looked once made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Copied {
+    sha256: String,
+    bytes: u64,
+    /// Nanoseconds since the Unix epoch.
+    modified: u128,
+}
+
+impl Copied {
+    /// The record for a copy of `sha256` whose metadata is `meta`; `None`
+    /// where the file system keeps no modification time.
+    fn of(sha256: &str, meta: &fs::Metadata) -> Option<Copied> {
+        let modified = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+        Some(Copied { sha256: sha256.to_owned(), bytes: meta.len(), modified: modified.as_nanos() })
+    }
+}
+
+/// The live view's copies, by path relative to the view; empty when there is
+/// no record. A line that does not parse is skipped: its copy is made again.
+fn read_copies(dir: &Path) -> HashMap<PathBuf, Copied> {
+    let text = fs::read_to_string(dir.join(COPIES)).unwrap_or_default();
+    text.lines().filter_map(parse_copy).collect()
+}
+
+/// `<sha256> <bytes> <modified> <path>`, tab-separated, the path last and
+/// with `/` between components. View names hold no tab or newline: both are
+/// control characters, which [`safe_component`] encodes.
+fn parse_copy(line: &str) -> Option<(PathBuf, Copied)> {
+    let mut fields = line.splitn(4, '\t');
+    let sha256 = fields.next()?.to_owned();
+    let bytes = fields.next()?.parse().ok()?;
+    let modified = fields.next()?.parse().ok()?;
+    let path: PathBuf = fields.next()?.split('/').collect();
+    Some((path, Copied { sha256, bytes, modified }))
+}
+
+fn render_copies(copies: &[(PathBuf, Copied)]) -> String {
+    let mut text = String::new();
+    for (path, copied) in copies {
+        let parts: Vec<_> =
+            path.components().map(|part| part.as_os_str().to_string_lossy()).collect();
+        let Copied { sha256, bytes, modified } = copied;
+        text.push_str(&format!("{sha256}\t{bytes}\t{modified}\t{}\n", parts.join("/")));
+    }
+    text
+}
+
+/// Fails unless `dir` has what a run leaves in a store: `objects/` (made
+/// when a run opens the store) or the journal.
+// Known limit: `link` takes the store's lock before this check, and taking
+// it creates DIR and DIR/lock; so `link` on a folder that is not a store
+// refuses, but leaves an empty `lock` file (and DIR, if it was missing).
+// Checking before the lock belongs to the command in main.rs.
+fn check_store(dir: &Path) -> Result<(), ViewError> {
+    let objects = fs::metadata(dir.join("objects")).is_ok_and(|meta| meta.is_dir());
+    if objects || exists(&dir.join(crate::journal::FILE_NAME)) {
+        return Ok(());
+    }
+    Err(ViewError::NotAStore { dir: dir.to_path_buf() })
 }
 
 /// One stored file the view shows.
@@ -259,6 +408,19 @@ struct Builder<'a> {
     /// Every file made, relative to `root`, to tell what the old view had
     /// that this one lacks.
     made: HashSet<PathBuf>,
+    /// The live view's copies, which this build may keep (copy mode only).
+    previous: HashMap<PathBuf, Copied>,
+    /// The copies this build made or kept, for the next one.
+    copies: Vec<(PathBuf, Copied)>,
+}
+
+/// How one entry was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Made {
+    Linked,
+    Copied,
+    /// The previous view's copy, hard-linked into this one.
+    Kept,
 }
 
 impl Builder<'_> {
@@ -314,30 +476,75 @@ impl Builder<'_> {
         let depth = folder.strip_prefix(self.root).expect("inside the view").components().count();
         let target: PathBuf = std::iter::repeat_n("..", depth + 1).collect();
         let target = target.join(relative_object);
-        let mode = self.mode;
+        let mut made = Made::Linked;
         let (path, suffixed) = place(folder, names, base, extension, |path| {
-            materialize(mode, &object, &target, path)
+            made = self.materialize(item, &object, &target, path)?;
+            Ok(())
         })?;
         self.stats.collisions += u64::from(suffixed);
-        match mode {
-            ViewMode::Symlink => self.stats.linked += 1,
-            ViewMode::Copy => self.stats.copied += 1,
-        }
         let relative = path.strip_prefix(self.root).expect("inside the view").to_path_buf();
+        match made {
+            Made::Linked => self.stats.linked += 1,
+            Made::Copied | Made::Kept => {
+                self.stats.copied += 1;
+                self.stats.copies_kept += u64::from(made == Made::Kept);
+                let meta = fs::symlink_metadata(&path).map_err(at("cannot stat", &path))?;
+                if let Some(copied) = Copied::of(&item.sha256, &meta) {
+                    self.copies.push((relative.clone(), copied));
+                }
+            }
+        }
         self.made.insert(relative);
         Ok(())
     }
-}
 
-/// Makes one entry at `path`; fails with `AlreadyExists` if the name is taken.
-fn materialize(mode: ViewMode, object: &Path, target: &Path, path: &Path) -> io::Result<()> {
-    match mode {
-        ViewMode::Symlink => symlink(target, path),
-        ViewMode::Copy => {
-            // Claim the name first: a plain copy would overwrite a file that
-            // the file system equates with this name.
-            File::create_new(path)?;
-            fs::copy(object, path).map(drop)
+    /// Makes one entry at `path`; fails with `AlreadyExists` if the name is taken.
+    fn materialize(
+        &self,
+        item: &Item,
+        object: &Path,
+        target: &Path,
+        path: &Path,
+    ) -> io::Result<Made> {
+        match self.mode {
+            ViewMode::Symlink => symlink(target, path).map(|()| Made::Linked),
+            ViewMode::Copy if self.keep_copy(item, path)? => Ok(Made::Kept),
+            ViewMode::Copy => {
+                // Claim the name first: a plain copy would overwrite a file that
+                // the file system equates with this name.
+                File::create_new(path)?;
+                fs::copy(object, path).map(|_| Made::Copied)
+            }
+        }
+    }
+
+    /// Hard-links the live view's copy at the same place into `path`, if it
+    /// was copied from this item's object and still has the size and time it
+    /// had then; `false` when it must be copied afresh.
+    // Known limit: where the file system has no hard links (FAT, exFAT),
+    // every rebuild copies every file again. Moving the old copies instead
+    // would empty the live view while the new one is built.
+    // Known limit: a copy edited in place and given back its size and time
+    // (`touch -d`) is kept; the view is a convenience, and `verify` checks
+    // the objects it is made from.
+    fn keep_copy(&self, item: &Item, path: &Path) -> io::Result<bool> {
+        let relative = path.strip_prefix(self.root).expect("inside the view");
+        let Some(recorded) = self.previous.get(relative) else { return Ok(false) };
+        let old = self.dir.join(LIVE).join(relative);
+        let unchanged = fs::symlink_metadata(&old).is_ok_and(|meta| {
+            meta.is_file() && Copied::of(&item.sha256, &meta).as_ref() == Some(recorded)
+        });
+        if !unchanged {
+            return Ok(false);
+        }
+        match fs::hard_link(&old, path) {
+            Ok(()) => Ok(true),
+            // The name is taken: `place` tries the next one.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
+            Err(error) => {
+                tracing::debug!(path = %old.display(), %error, "cannot keep the copy; copying");
+                Ok(false)
+            }
         }
     }
 }

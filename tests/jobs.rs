@@ -159,9 +159,12 @@ fn the_systemd_service_runs_the_nightly_job_with_its_credential() {
     }
     assert_eq!(service("PrivateTmp"), "yes");
     let writable: Vec<&str> = service("ReadWritePaths").split_whitespace().collect();
+    // The store must exist: without `-`, systemd refuses to start when it is missing.
     assert!(writable.contains(&job.out.unwrap().to_str().unwrap()), "{writable:?}");
+    // The metrics folder is optional: `-` makes systemd skip it when it is missing.
     let metrics_folder = job.metrics_file.unwrap().parent().unwrap().to_owned();
-    assert!(writable.contains(&metrics_folder.to_str().unwrap()), "{writable:?}");
+    let optional = format!("-{}", metrics_folder.display());
+    assert!(writable.contains(&optional.as_str()), "{writable:?}");
 }
 
 #[test]
@@ -278,4 +281,36 @@ fn the_k8s_cronjob_never_overlaps_and_reads_its_key_from_a_secret() {
     assert!(grace > job.grace.unwrap(), "the pod must outlast the job's grace");
     let active = Duration::from_secs(yaml_number(&yaml, "activeDeadlineSeconds"));
     assert!(active > job.deadline.unwrap(), "the job's own deadline must come first");
+}
+
+/// The value after `key: ` on its one line in `yaml`, and that line's indent.
+fn yaml_line<'a>(yaml: &'a str, key: &str) -> (usize, &'a str) {
+    let prefix = format!("{key}: ");
+    let mut lines = yaml.lines().filter(|line| line.trim_start().starts_with(&prefix));
+    let line = lines.next().unwrap_or_else(|| panic!("no `{key}:` line"));
+    assert!(lines.next().is_none(), "`{key}:` is set twice");
+    let indent = line.len() - line.trim_start().len();
+    (indent, line.trim_start()[prefix.len()..].trim())
+}
+
+#[test]
+fn the_k8s_cronjob_pods_keep_one_host_name_for_the_stores_lock() {
+    // The lock refuses a record that another host left behind, so pods with
+    // names of their own would lock each other out after one hard kill. A
+    // shared name is only safe while Kubernetes runs one pod at a time.
+    let yaml = read("k8s/cronjob.yaml");
+    assert_eq!(yaml_line(&yaml, "concurrencyPolicy").1, "Forbid");
+    let (indent, hostname) = yaml_line(&yaml, "hostname");
+    let (pod_spec_indent, _) = yaml_line(&yaml, "restartPolicy");
+    assert_eq!(indent, pod_spec_indent, "hostname belongs to the pod's spec");
+    // A DNS label, as Kubernetes requires of a pod's hostname; a fixed one,
+    // not something a templating tool fills in per pod.
+    let label = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+    assert!(
+        (1..=63).contains(&hostname.len())
+            && hostname.chars().all(label)
+            && !hostname.starts_with('-')
+            && !hostname.ends_with('-'),
+        "{hostname:?}"
+    );
 }

@@ -34,6 +34,8 @@ async fn a_job_file_runs_with_flags_overriding_it_and_leaves_metrics_and_a_view(
     let metrics = std::fs::read_to_string(dir.path().join("node.prom")).unwrap();
     assert!(metrics.contains("identifai_fetch_rows{status=\"ok\"} 3"), "{metrics}");
     assert!(metrics.contains("identifai_fetch_last_success_timestamp_seconds"), "{metrics}");
+    // What the README has operators alert on.
+    assert!(metrics.contains("identifai_fetch_last_finished_timestamp_seconds"), "{metrics}");
     // The job asked for JSON logs: every stderr line is a JSON object.
     for line in seen.stderr.lines() {
         serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|_| panic!("{line}"));

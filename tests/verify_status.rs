@@ -2,6 +2,8 @@
 //! exactly as a run leaves them: read-only objects under their hash, journal
 //! lines, run folders with and without a summary, partial files in `tmp/`.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -10,7 +12,8 @@ use identifai_fetch::lock::StoreLock;
 use identifai_fetch::manifest::Kind;
 use identifai_fetch::report::{RowStatus, Summary};
 use identifai_fetch::status::{self, StoreStatus};
-use identifai_fetch::verify::{self, VerifyOptions, VerifyOutcome};
+use identifai_fetch::verify::{self, VerifyOptions, VerifyOutcome, ViewRepair};
+use identifai_fetch::view::{self, ViewMode};
 use sha2::{Digest, Sha256};
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -446,4 +449,86 @@ fn a_torn_summary_or_journal_line_is_shown_not_fatal() {
     assert!(torn.summary.is_none());
     assert!(torn.outcome.starts_with("unreadable summary: "), "{}", torn.outcome);
     assert!(status::render(&status).contains("(1 unreadable journal line skipped)"));
+}
+
+/// Every symbolic link under `root` that leads nowhere, relative to `root`.
+fn dangling_links(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    // Ends: the view is a finite tree of folders, and links are not followed.
+    while let Some(folder) = pending.pop() {
+        for entry in fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            let kind = fs::symlink_metadata(&path).unwrap().file_type();
+            if kind.is_dir() {
+                pending.push(path);
+            } else if kind.is_symlink() && fs::metadata(&path).is_err() {
+                found.push(path.strip_prefix(root).unwrap().to_path_buf());
+            }
+        }
+    }
+    found
+}
+
+/// A store whose view shows two recordings, and whose `a1` is then altered.
+fn store_with_a_view_and_an_altered_object(mode: ViewMode) -> TestStore {
+    let mut store = TestStore::new();
+    let good = store.put(b"untouched");
+    let bad = store.put(b"evidence bytes");
+    store.journal(entry(Kind::Audio, "a1", RowStatus::Ok, Some((&bad, 14))));
+    store.journal(entry(Kind::Audio, "a2", RowStatus::Ok, Some((&good, 9))));
+    view::rebuild(store.path(), mode).unwrap();
+    assert!(store.path().join("by-id/audio/a1").exists());
+    store.corrupt(&bad, b"evidence byteS");
+    store
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_takes_a_quarantined_object_out_of_the_view() {
+    for mode in [ViewMode::Symlink, ViewMode::Copy] {
+        let store = store_with_a_view_and_an_altered_object(mode);
+        let seen = common::run_bin(&["verify", store.path().to_str().unwrap()], &[]).await;
+        assert_eq!(seen.code, 3, "{mode:?}: {}{}", seen.stdout, seen.stderr);
+        assert!(seen.stdout.contains("MISMATCH"), "{}", seen.stdout);
+        assert!(seen.stderr.contains("rebuilt by-id/"), "{mode:?}: {}", seen.stderr);
+
+        let view = store.path().join("by-id");
+        assert!(fs::symlink_metadata(view.join("audio/a1")).is_err(), "{mode:?}: a1 is gone");
+        let kept = fs::symlink_metadata(view.join("audio/a2")).unwrap();
+        assert_eq!(kept.file_type().is_symlink(), mode == ViewMode::Symlink, "the same mode");
+        assert_eq!(fs::read(view.join("audio/a2")).unwrap(), b"untouched");
+        assert!(dangling_links(&view).is_empty(), "{mode:?}");
+        assert!(fs::read(store.path().join("lock")).unwrap().is_empty(), "the lock was let go");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_beside_a_run_says_how_to_rebuild_the_view() {
+    let store = store_with_a_view_and_an_altered_object(ViewMode::Symlink);
+    // This test process plays the run in progress.
+    let lock = StoreLock::acquire(store.path()).unwrap();
+    let dir = store.path().to_str().unwrap();
+    let seen = common::run_bin(&["verify", dir], &[]).await;
+    assert_eq!(seen.code, 3, "{}{}", seen.stdout, seen.stderr);
+    let hint = format!("run `identifai-fetch link {dir}`");
+    assert!(seen.stderr.contains(&hint), "{}", seen.stderr);
+    assert!(seen.stderr.contains("another run holds"), "{}", seen.stderr);
+    let view = store.path().join("by-id");
+    assert_eq!(dangling_links(&view), [Path::new("audio/a1")], "left for the run");
+
+    // The run's own refresh at its end rebuilds, though its journal is unchanged.
+    drop(lock);
+    assert!(view::refresh(store.path(), ViewMode::Symlink).unwrap().is_some());
+    assert!(dangling_links(&view).is_empty());
+}
+
+#[test]
+fn verify_leaves_a_store_without_a_view_without_one() {
+    let mut store = TestStore::new();
+    let hex = store.put(b"evidence bytes");
+    store.journal(entry(Kind::Audio, "a1", RowStatus::Ok, Some((&hex, 14))));
+    store.corrupt(&hex, b"evidence byteS");
+    let outcome = store.verify(false);
+    assert_eq!(outcome.view, ViewRepair::Unneeded);
+    assert!(!store.path().join("by-id").exists() && !store.path().join("lock").exists());
 }

@@ -3,6 +3,8 @@
 
 #![cfg(unix)]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -340,6 +342,81 @@ fn copy_mode_makes_independent_files_with_the_same_bytes() {
     }
 }
 
+/// The (device, inode) of a view entry, to tell a kept copy from a new one.
+fn identity(path: &Path) -> (u64, u64) {
+    let meta = fs::symlink_metadata(path).unwrap();
+    assert!(meta.file_type().is_file(), "{} is a plain file", path.display());
+    (meta.dev(), meta.ino())
+}
+
+#[test]
+fn a_copy_rebuild_keeps_the_copies_that_are_right_and_remakes_the_rest() {
+    let mut store = Fixture::new();
+    store.ok("image", "img-1", "", "image/jpeg", b"a jpeg");
+    store.ok("image", "img-2", "", "image/jpeg", b"another jpeg");
+    store.ok("video", "v1", "f1", "image/png", b"frame one");
+    let stats = store.rebuild(ViewMode::Copy);
+    assert_eq!((stats.copied, stats.copies_kept), (3, 0), "the first view copies all");
+    let view = store.view();
+    let entries = ["image/img-1.jpg", "image/img-2.jpg", "video/v1/f1.png"];
+    let first: Vec<_> = entries.iter().map(|entry| identity(&view.join(entry))).collect();
+
+    // Nothing changed: the same files stay, and nothing is copied.
+    let stats = store.rebuild(ViewMode::Copy);
+    assert_eq!((stats.copied, stats.copies_kept, stats.removed), (3, 3, 0));
+    let second: Vec<_> = entries.iter().map(|entry| identity(&view.join(entry))).collect();
+    assert_eq!(second, first);
+    for entry in entries {
+        // The old view's link to it went with the old view.
+        assert_eq!(fs::metadata(view.join(entry)).unwrap().nlink(), 1, "{entry}");
+    }
+
+    // img-1 was stored again with other bytes, and someone edited img-2's
+    // copy in place without changing its size.
+    store.ok("image", "img-1", "", "image/jpeg", b"a newer jpeg");
+    let edited = view.join("image/img-2.jpg");
+    let mut permissions = fs::metadata(&edited).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    permissions.set_readonly(false);
+    fs::set_permissions(&edited, permissions).unwrap();
+    let file = fs::OpenOptions::new().write(true).open(&edited).unwrap();
+    std::io::Write::write_all(&mut &file, b"ANOTHER").unwrap();
+    let earlier = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(86_400);
+    file.set_modified(earlier).unwrap();
+    drop(file);
+
+    let stats = store.rebuild(ViewMode::Copy);
+    assert_eq!((stats.copied, stats.copies_kept), (3, 1), "only the frame is kept");
+    assert_eq!(fs::read(view.join("image/img-1.jpg")).unwrap(), b"a newer jpeg");
+    assert_eq!(fs::read(&edited).unwrap(), b"another jpeg", "the edit is undone");
+    assert_ne!(identity(&view.join("image/img-1.jpg")), first[0]);
+    assert_eq!(identity(&view.join("video/v1/f1.png")), first[2]);
+
+    // A symlink view in between leaves no record to trust.
+    store.rebuild(ViewMode::Symlink);
+    assert!(!store.dir.join("by-id.copies").exists());
+    let stats = store.rebuild(ViewMode::Copy);
+    assert_eq!((stats.copied, stats.copies_kept), (3, 0));
+}
+
+#[test]
+fn a_copy_is_not_kept_when_its_record_is_gone_or_names_another_object() {
+    let mut store = Fixture::new();
+    store.ok("image", "img-1", "", "image/jpeg", b"a jpeg");
+    store.rebuild(ViewMode::Copy);
+    let record = store.dir.join("by-id.copies");
+    let text = fs::read_to_string(&record).unwrap();
+    assert!(text.starts_with(&hex_of(b"a jpeg")) && text.ends_with("\timage/img-1.jpg\n"));
+
+    // A record that claims another object for the same path is not believed.
+    fs::write(&record, text.replace(&hex_of(b"a jpeg"), &hex_of(b"something else"))).unwrap();
+    assert_eq!(store.rebuild(ViewMode::Copy).copies_kept, 0);
+    fs::remove_file(&record).unwrap();
+    assert_eq!(store.rebuild(ViewMode::Copy).copies_kept, 0, "no record, no keeping");
+    assert_eq!(store.rebuild(ViewMode::Copy).copies_kept, 1, "the record was written again");
+    assert_eq!(fs::read(store.view().join("image/img-1.jpg")).unwrap(), b"a jpeg");
+}
+
 #[test]
 fn rebuilding_gives_the_same_tree_and_counts_what_went() {
     let mut store = Fixture::new();
@@ -400,6 +477,8 @@ fn leftovers_of_a_crashed_rebuild_are_cleaned_up() {
 #[test]
 fn a_store_without_a_journal_gets_an_empty_view() {
     let store = Fixture::new();
+    // As a run leaves a store before its first journal line: objects/ alone.
+    fs::create_dir_all(store.dir.join("objects/sha256")).unwrap();
     assert_eq!(store.rebuild(ViewMode::Symlink), ViewStats::default());
     assert!(store.view().is_dir());
     assert!(paths(&store.view()).is_empty());
@@ -421,4 +500,39 @@ fn a_refresh_keeps_a_view_built_from_the_same_journal() {
     assert!(refresh(store, ViewMode::Copy).unwrap().is_some(), "the journal grew: rebuilt");
     std::fs::remove_dir_all(store.join("by-id")).unwrap();
     assert!(refresh(store, ViewMode::Copy).unwrap().is_some(), "a missing view is rebuilt");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_refuses_a_folder_that_is_not_a_store() {
+    // The medium the files were meant for, named instead of the store.
+    let dir = tempfile::tempdir().unwrap();
+    let usb = dir.path().join("usb-handover");
+    fs::create_dir(&usb).unwrap();
+    fs::write(usb.join("notes.txt"), b"already here").unwrap();
+
+    let seen = common::run_bin(&["link", usb.to_str().unwrap(), "--view", "copy"], &[]).await;
+    assert_ne!(seen.code, 0, "{}", seen.stdout);
+    assert!(seen.stderr.contains("is not an identifai-fetch store"), "{}", seen.stderr);
+    assert!(seen.stderr.contains(&usb.display().to_string()), "{}", seen.stderr);
+    assert!(!usb.join("by-id").exists() && !usb.join("by-id.new").exists());
+    assert_eq!(fs::read(usb.join("notes.txt")).unwrap(), b"already here");
+
+    // The help shows the view built inside a store, not on the medium.
+    let help = common::run_bin(&["link", "--help"], &[]).await.stdout;
+    assert!(help.contains("link /srv/evidence --view copy"), "{help}");
+    assert!(!help.contains("link /mnt/"), "{help}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_builds_a_view_in_a_store_that_has_only_a_journal_or_only_objects() {
+    for (folder, file) in [("objects/sha256", None), ("", Some("journal.jsonl"))] {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join(folder)).unwrap();
+        if let Some(file) = file {
+            fs::write(dir.path().join(file), "").unwrap();
+        }
+        let seen = common::run_bin(&["link", dir.path().to_str().unwrap()], &[]).await;
+        assert_eq!(seen.code, 0, "{folder:?} {file:?}: {}", seen.stderr);
+        assert!(dir.path().join("by-id").is_dir());
+    }
 }
