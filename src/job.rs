@@ -77,14 +77,8 @@ pub enum KeySource {
     Env(String),
 }
 
-/// The `view` key: how the view of finished rows points at the objects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ViewChoice {
-    /// Symbolic links into `objects/`.
-    Symlink,
-    /// Copies of the objects.
-    Copy,
-}
+/// The `view` key takes the same values as `--view`.
+pub use crate::cli::ViewChoice;
 
 /// Why a job file could not be used. Each message starts with the file.
 #[derive(Debug, thiserror::Error)]
@@ -241,12 +235,7 @@ fn tidy(path: &Path) -> PathBuf {
 }
 
 fn url(value: &Value) -> Result<Url, String> {
-    let text = string(value, "https://api.identifai.net")?;
-    let url = Url::parse(text).map_err(|error| format!("bad URL {text:?}: {error}"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("bad URL {text:?}: expected http or https"));
-    }
-    Ok(url)
+    crate::cli::parse_api_url(string(value, "https://api.identifai.net")?)
 }
 
 fn integer<T: TryFrom<i64>>(value: &Value, min: i64, max: i64) -> Result<T, String> {
@@ -383,6 +372,13 @@ mod tests {
             let job = parse(&format!("{key} = {value}")).unwrap();
             assert_ne!(job, Job::default(), "{key} was ignored");
         }
+    }
+
+    #[test]
+    fn the_view_can_be_turned_off_as_on_the_command_line() {
+        assert_eq!(parse("view = \"none\"").unwrap().view, Some(ViewChoice::None));
+        let error = parse("view = \"links\"").unwrap_err().to_string();
+        assert!(error.contains("\"symlink\" or \"copy\" or \"none\""), "{error}");
     }
 
     #[test]

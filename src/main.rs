@@ -236,6 +236,14 @@ fn print_verification(outcome: &verify::VerifyOutcome) {
     for unreadable in &outcome.unreadable {
         println!("UNREADABLE {}: {}", unreadable.object.display(), unreadable.error);
     }
+    match &outcome.view {
+        verify::ViewRepair::Unneeded => {}
+        verify::ViewRepair::Rebuilt => println!("by-id view rebuilt without the files that went"),
+        verify::ViewRepair::Deferred(reason) => println!(
+            "note: by-id/ may still show files that went ({reason}); \
+             run `identifai-fetch link DIR` once the run is over"
+        ),
+    }
     let verdict = if outcome.is_clean() { "clean" } else { "PROBLEMS FOUND" };
     println!("{verdict}; report: {}", outcome.report_path.display());
 }
@@ -254,6 +262,10 @@ fn link_command(args: &LinkArgs) -> ExitCode {
     let Some(mode) = view_mode(args.view) else {
         return fail(EXIT_USAGE, "--view none builds nothing; use symlink or copy");
     };
+    // Before the lock, which would create the folder and its lock file.
+    if let Err(error) = view::check_store(&args.dir) {
+        return fail(EXIT_USAGE, &with_causes(&error));
+    }
     // A run rebuilds the view too: one writer at a time.
     let _lock = match identifai_fetch::lock::StoreLock::acquire(&args.dir) {
         Ok(lock) => lock,

@@ -86,7 +86,7 @@ impl RunSettings {
                 .unwrap_or(Duration::from_secs(60)),
             quiet: args.output.quiet,
             metrics_file: args.output.metrics_file.or(job.metrics_file),
-            view: args.output.view.or(job.view.map(view_choice)).unwrap_or_default(),
+            view: args.output.view.or(job.view).unwrap_or_default(),
             dry_run: args.dry_run,
         })
     }
@@ -117,13 +117,6 @@ impl RunSettings {
         config.deadline = self.deadline;
         config.handle_signals = true;
         config
-    }
-}
-
-fn view_choice(choice: crate::job::ViewChoice) -> ViewChoice {
-    match choice {
-        crate::job::ViewChoice::Symlink => ViewChoice::Symlink,
-        crate::job::ViewChoice::Copy => ViewChoice::Copy,
     }
 }
 

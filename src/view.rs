@@ -330,12 +330,9 @@ fn render_copies(copies: &[(PathBuf, Copied)]) -> String {
 }
 
 /// Fails unless `dir` has what a run leaves in a store: `objects/` (made
-/// when a run opens the store) or the journal.
-// Known limit: `link` takes the store's lock before this check, and taking
-// it creates DIR and DIR/lock; so `link` on a folder that is not a store
-// refuses, but leaves an empty `lock` file (and DIR, if it was missing).
-// Checking before the lock belongs to the command in main.rs.
-fn check_store(dir: &Path) -> Result<(), ViewError> {
+/// when a run opens the store) or the journal. `link` asks before it takes
+/// the lock, which would create the folder and its lock file.
+pub fn check_store(dir: &Path) -> Result<(), ViewError> {
     let objects = fs::metadata(dir.join("objects")).is_ok_and(|meta| meta.is_dir());
     if objects || exists(&dir.join(crate::journal::FILE_NAME)) {
         return Ok(());

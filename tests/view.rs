@@ -511,10 +511,11 @@ async fn link_refuses_a_folder_that_is_not_a_store() {
     fs::write(usb.join("notes.txt"), b"already here").unwrap();
 
     let seen = common::run_bin(&["link", usb.to_str().unwrap(), "--view", "copy"], &[]).await;
-    assert_ne!(seen.code, 0, "{}", seen.stdout);
+    assert_eq!(seen.code, 2, "a usage error: {}", seen.stdout);
     assert!(seen.stderr.contains("is not an identifai-fetch store"), "{}", seen.stderr);
     assert!(seen.stderr.contains(&usb.display().to_string()), "{}", seen.stderr);
     assert!(!usb.join("by-id").exists() && !usb.join("by-id.new").exists());
+    assert!(!usb.join("lock").exists(), "nothing is left on the medium");
     assert_eq!(fs::read(usb.join("notes.txt")).unwrap(), b"already here");
 
     // The help shows the view built inside a store, not on the medium.
