@@ -40,7 +40,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
-pub use api::RetryAfterForm;
+pub use api::{ResetForm, RetryAfterForm};
 pub use content::{Content, FileType};
 pub use faults::Fault;
 pub use limits::WindowLimit;
@@ -67,6 +67,8 @@ pub struct SimConfig {
     pub url_validity: Duration,
     /// How a 429 tells the client when to come back.
     pub retry_after: RetryAfterForm,
+    /// What a 429's `X-RateLimit-Reset` says, next to `retry_after`.
+    pub rate_limit_reset: ResetForm,
     /// Requested identifiers the API answers with 404.
     pub not_found: HashSet<String>,
     /// Requested identifiers the API answers with 403.
@@ -88,7 +90,7 @@ pub struct SimConfig {
 
 impl Default for SimConfig {
     /// The vendor's published behaviour: 2 requests a second and 60 a minute, URLs valid
-    /// for 60 minutes, `Retry-After` in seconds.
+    /// for 60 minutes, `Retry-After` in seconds and `X-RateLimit-Reset` at the same moment.
     fn default() -> SimConfig {
         SimConfig {
             api_key: DEFAULT_API_KEY.to_owned(),
@@ -98,6 +100,7 @@ impl Default for SimConfig {
             ],
             url_validity: Duration::from_secs(60 * 60),
             retry_after: RetryAfterForm::Seconds,
+            rate_limit_reset: ResetForm::WindowEnd,
             not_found: HashSet::new(),
             forbidden: HashSet::new(),
             sizes: HashMap::new(),

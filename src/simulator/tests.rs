@@ -233,6 +233,36 @@ async fn retry_after_can_be_an_http_date_or_left_out() {
     assert!(refused.headers().get("x-ratelimit-reset").is_some());
 }
 
+#[tokio::test(start_paused = true)]
+async fn x_ratelimit_reset_can_be_left_out_or_name_a_later_moment() {
+    let limits = vec![WindowLimit::new(1, Duration::from_secs(60))];
+    let later = SimConfig {
+        limits: limits.clone(),
+        retry_after: RetryAfterForm::HttpDate,
+        rate_limit_reset: ResetForm::Later(Duration::from_secs(30)),
+        ..SimConfig::default()
+    };
+    let sim = start(later).await;
+    let client = client();
+    resolve(&client, &sim, FileType::Image, "a").await;
+    let refused = call(&client, &sim, FileType::Image, "a").await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let when = DateTimeParser::new().parse_timestamp(header(&refused, "retry-after"));
+    let reset: i64 = header(&refused, "x-ratelimit-reset").parse().expect("Unix seconds");
+    assert_eq!(reset - when.expect("IMF-fixdate").as_second(), 30);
+
+    let omitted =
+        SimConfig { limits, rate_limit_reset: ResetForm::Omitted, ..SimConfig::default() };
+    let sim = start(omitted).await;
+    resolve(&client, &sim, FileType::Image, "a").await;
+    let refused = call(&client, &sim, FileType::Image, "a").await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Both requests came at the same paused instant, so the whole window is still ahead.
+    assert_eq!(header(&refused, "retry-after"), "60");
+    assert!(refused.headers().get("x-ratelimit-reset").is_none());
+    assert_eq!(header(&refused, "x-ratelimit-remaining"), "0");
+}
+
 #[tokio::test]
 async fn ranges_get_206_and_a_stale_if_range_gets_everything() {
     let mut config = unlimited();
