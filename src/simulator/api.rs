@@ -122,6 +122,7 @@ fn scripted(fault: &Fault) -> Option<Response> {
         Fault::StorageStatus(_)
         | Fault::StorageTruncate(_)
         | Fault::StorageReset
+        | Fault::StorageResetAfter(_)
         | Fault::StorageExpired
         | Fault::StorageStallAfter(_) => None,
     }

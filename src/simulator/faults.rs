@@ -31,6 +31,11 @@ pub enum Fault {
     StorageTruncate(u64),
     /// Storage resets the connection before sending any byte of its answer.
     StorageReset,
+    /// Storage sends the full headers and this many body bytes, then resets the
+    /// connection (a TCP RST, as from a host that crashed or a middlebox that gave up)
+    /// once the client has acknowledged those bytes. A count at or past the body's end
+    /// sends the whole body.
+    StorageResetAfter(u64),
     /// Storage answers `403` "Request has expired" once, even though the URL is fresh.
     StorageExpired,
     /// Storage sends the headers and this many body bytes, then nothing more while

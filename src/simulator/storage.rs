@@ -96,6 +96,7 @@ enum Plan {
     Status(u16),
     Truncate(u64),
     Reset,
+    ResetAfter(u64),
     Expired,
     Stall(u64),
 }
@@ -169,6 +170,7 @@ fn plan(fault: &Fault) -> Option<Plan> {
         Fault::StorageStatus(code) => Some(Plan::Status(*code)),
         Fault::StorageTruncate(bytes) => Some(Plan::Truncate(*bytes)),
         Fault::StorageReset => Some(Plan::Reset),
+        Fault::StorageResetAfter(bytes) => Some(Plan::ResetAfter(*bytes)),
         Fault::StorageExpired => Some(Plan::Expired),
         Fault::StorageStallAfter(bytes) => Some(Plan::Stall(*bytes)),
         Fault::ApiStatus(_) | Fault::ApiRedirect(_) => None,
@@ -180,6 +182,7 @@ fn play(shared: &Shared, parts: &Parts, object: &Object, plan: Plan) -> Answer {
         Plan::Status(code) => scripted_status(code).into(),
         Plan::Truncate(bytes) => deliver(shared, parts, object, Shape::TruncateAfter(bytes)),
         Plan::Stall(bytes) => deliver(shared, parts, object, Shape::StallAfter(bytes)),
+        Plan::ResetAfter(bytes) => deliver(shared, parts, object, Shape::ResetAfter(bytes)),
         // The response is never sent; the connection resets before its first byte.
         Plan::Reset => Answer::from(Response::new(Body::empty())).with_cut(Some(Cut::Reset)),
         Plan::Expired => expired().into(),
@@ -192,6 +195,8 @@ enum Shape {
     Whole,
     /// This many bytes, then the connection closes.
     TruncateAfter(u64),
+    /// This many bytes, then the connection resets.
+    ResetAfter(u64),
     /// This many bytes, then silence on an open connection.
     StallAfter(u64),
 }
@@ -246,11 +251,11 @@ fn deliver(shared: &Shared, parts: &Parts, object: &Object, shape: Shape) -> Ans
     }
     // A cut at or past the body's end would never fire and would stay armed for the
     // next response on the connection, so it is dropped: the body is complete anyway.
-    let truncate = match shape {
-        Shape::TruncateAfter(bytes) => Some(bytes),
-        Shape::Whole | Shape::StallAfter(_) => None,
+    let cut = match shape {
+        Shape::TruncateAfter(bytes) if bytes < length => Some(Cut::AfterBody(bytes)),
+        Shape::ResetAfter(bytes) if bytes < length => Some(Cut::ResetAfterBody(bytes)),
+        _ => None,
     };
-    let cut = truncate.filter(|&bytes| bytes < length).map(Cut::AfterBody);
     Answer::from(response).with_cut(cut)
 }
 

@@ -360,6 +360,58 @@ async fn truncation_fault_ends_the_body_after_exactly_n_bytes_once() {
     assert_eq!((cut.status, cut.fault.clone()), (Some(200), Some(Fault::StorageTruncate(70_000))));
 }
 
+/// Whether `error`'s causes include a connection reset, as opposed to a body that
+/// merely ended early.
+fn was_reset(error: &reqwest::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    for _ in 0..16 {
+        let Some(current) = cause else { return false };
+        let io = current.downcast_ref::<std::io::Error>();
+        if io.is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionReset) {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
+}
+
+#[tokio::test]
+async fn reset_after_fault_resets_mid_body_after_exactly_n_bytes_once() {
+    // Several MiB, so that the kernel still holds some of the bytes before the cut when
+    // the budget is spent: a reset sent at once would throw them away.
+    let mut config = unlimited();
+    config.sizes.insert("cut".into(), 8 << 20);
+    config.faults.insert("cut".into(), vec![Fault::StorageResetAfter(6 << 20)]);
+    let sim = start(config).await;
+    let client = client();
+    let url = resolve(&client, &sim, FileType::Video, "cut").await;
+
+    let mut response = client.get(&url).send().await.expect("headers arrive");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header(&response, CONTENT_LENGTH.as_str()), (8 << 20).to_string());
+    let mut body = Vec::new();
+    let mut reset = false;
+    for _ in 0..100_000 {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => break,
+            Err(error) => {
+                reset = was_reset(&error);
+                break;
+            }
+        }
+    }
+    assert!(reset, "the body must end in a reset, after {} bytes", body.len());
+    assert_eq!(body.len(), 6 << 20, "every byte before the cut arrives");
+    assert!(body == sim.content(FileType::Video, "cut").bytes(0..6 << 20));
+
+    let again = fetch(&client, &url).await;
+    assert_eq!(sha256_hex(&again), sim.expected_sha256(FileType::Video, "cut"));
+    let cut = &sim.received()[1];
+    let fault = Some(Fault::StorageResetAfter(6 << 20));
+    assert_eq!((cut.status, cut.fault.clone()), (Some(200), fault));
+}
+
 #[tokio::test]
 async fn reset_fault_drops_the_connection_before_any_answer() {
     let mut config = unlimited();
