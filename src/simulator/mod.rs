@@ -34,6 +34,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -127,6 +128,8 @@ struct Shared {
     faults: FaultScript,
     journal: Journal,
     bucket: Bucket,
+    /// Body bytes storage has handed to its connections; see [`Simulator::body_bytes_sent`].
+    body_bytes: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -137,6 +140,7 @@ impl Shared {
             faults: FaultScript::new(&config.faults),
             journal: Journal::default(),
             bucket: Bucket::new(storage),
+            body_bytes: Arc::default(),
             config,
         }
     }
@@ -222,6 +226,13 @@ impl Simulator {
     /// Requests the storage listener has received, whatever it answered.
     pub fn storage_requests(&self) -> usize {
         self.shared.journal.count(|r| r.endpoint == Endpoint::Storage)
+    }
+
+    /// Body bytes storage has handed to its connections so far, over every request: what
+    /// a client cost the storage host. A connection cut by a fault, or by a client going
+    /// away, may have delivered up to a few chunks fewer than counted.
+    pub fn body_bytes_sent(&self) -> u64 {
+        self.shared.body_bytes.load(Ordering::Relaxed)
     }
 
     /// The body served for `identifier` requested as `kind`; see [`SimConfig::content`].

@@ -10,6 +10,7 @@
 
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -208,6 +209,7 @@ fn body_stream(shared: &Shared, content: Content, range: Range<u64>, shape: Shap
         Shape::StallAfter(bytes) => (range.start..range.end.min(range.start + bytes), true),
         _ => (range, false),
     };
+    let sent = shared.body_bytes.clone();
     let chunks = content.stream(range).then(move |chunk| async move {
         // Pacing each chunk by its size gives the configured rate on average.
         if let (Some(rate), Ok(bytes)) = (throttle, &chunk) {
@@ -215,6 +217,11 @@ fn body_stream(shared: &Shared, content: Content, range: Range<u64>, shape: Shap
             tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
         }
         chunk
+    });
+    let chunks = chunks.inspect(move |chunk| {
+        if let Ok(bytes) = chunk {
+            sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }
     });
     if stall {
         Body::from_stream(chunks.chain(futures::stream::pending()))

@@ -290,6 +290,8 @@ async fn ranges_get_206_and_a_stale_if_range_gets_everything() {
     let beyond = get("bytes=1000-").send().await.unwrap();
     assert_eq!(beyond.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(header(&beyond, "content-range"), "bytes */1000");
+    // Only object bytes count, not error bodies: the range, the tail and the whole file.
+    assert_eq!(sim.body_bytes_sent(), 100 + 10 + 1000);
 }
 
 #[tokio::test]
