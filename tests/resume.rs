@@ -287,9 +287,17 @@ async fn sigterm_lets_downloads_go_for_the_grace_then_exits_4_resumably() {
     assert!(rows[0]["error"].contains("not finished"), "{:?}", rows[0]);
     assert!(files_under(&out.join("tmp")).len() == 2, "the partial file and its record stay");
 
+    let before = sim.received().len();
     let seen = run_against(&sim, &path, &out, &[]).await;
     assert_eq!(seen.code, 0, "{}", seen.stderr);
     assert_store_is_clean(&out);
+    // The rerun continued the cut-off file rather than starting it over.
+    let log = &sim.received()[before..];
+    let storage: Vec<&Received> =
+        requests_for(log, "stuck").filter(|r| r.endpoint == Endpoint::Storage).collect();
+    assert_eq!(storage.len(), 1, "{storage:?}");
+    assert_eq!(storage[0].header("range"), Some("bytes=300000-"));
+    assert_eq!(storage[0].status, Some(206));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
