@@ -301,6 +301,49 @@ async fn sigterm_lets_downloads_go_for_the_grace_then_exits_4_resumably() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_stops_a_stalled_run_with_4_and_a_rerun_resumes_it() {
+    let mut config = SimConfig::default();
+    config.sizes.insert("stuck".into(), 1 << 20);
+    config.faults.insert("stuck".into(), vec![Fault::StorageStallAfter(300_000)]);
+    let sim = unlimited(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let rows: String = (0..3).map(|n| format!("image,later-{n}\n")).collect();
+    let path = manifest(dir.path(), &format!("type,identifier\nvideo,stuck\n{rows}"));
+    let out = dir.path().join("out");
+    // One download slot: the stalled download keeps the other rows waiting.
+    let options = ["--deadline", "1s", "--grace", "1s", "--concurrency", "1"];
+    let started = std::time::Instant::now();
+    let seen = run_against(&sim, &path, &out, &options).await;
+    assert_eq!(seen.code, 4, "{}", seen.stderr);
+    assert!(started.elapsed() < Duration::from_secs(10), "deadline and grace are 1 s each");
+    assert!(seen.stderr.contains("the --deadline was reached"), "{}", seen.stderr);
+    let rows = report_rows(&out);
+    assert_eq!(rows.len(), 4, "every row is reported");
+    assert_eq!(rows[0]["error"], "not finished: the --deadline was reached", "{:?}", rows[0]);
+    // Rows may win the slot before the stalled one; every other row is
+    // marked as left for the rerun.
+    for row in &rows {
+        let finished = row["status"] == "ok" && row["error"].is_empty();
+        assert!(finished || row["error"].starts_with("not finished: "), "{row:?}");
+    }
+    assert_eq!(files_under(&out.join("tmp")).len(), 2, "the partial file and its record stay");
+
+    let before = sim.received().len();
+    let seen = run_against(&sim, &path, &out, &[]).await;
+    assert_eq!(seen.code, 0, "{}", seen.stderr);
+    let log = &sim.received()[before..];
+    let storage: Vec<&Received> =
+        requests_for(log, "stuck").filter(|r| r.endpoint == Endpoint::Storage).collect();
+    assert_eq!(storage.len(), 1, "{storage:?}");
+    assert_eq!(storage[0].header("range"), Some("bytes=300000-"));
+    assert_eq!(storage[0].status, Some(206));
+    let report = report_rows_latest(&out);
+    assert!(report.iter().all(|r| r["status"] == "ok"), "{report:?}");
+    assert_eq!(report[0]["sha256"], sim.expected_sha256(FileType::Video, "stuck"));
+    assert_store_is_clean(&out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_run_on_a_locked_store_is_turned_away() {
     let mut config = SimConfig::default();
     config.faults.insert("stuck".into(), vec![Fault::StorageStallAfter(1000)]);
