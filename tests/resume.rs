@@ -233,6 +233,49 @@ async fn a_download_reset_mid_body_continues_with_a_range_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_file_of_an_older_version_is_started_over() {
+    let (size, cut): (u64, u64) = (3 << 20, 1 << 20);
+    let mut config = SimConfig::default();
+    config.sizes.insert("changed".into(), size);
+    config.faults.insert("changed".into(), vec![Fault::StorageTruncate(cut)]);
+    let sim = unlimited(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = manifest(dir.path(), "type,identifier\nvideo,changed\n");
+    let out = dir.path().join("out");
+    let seen = run_against(&sim, &path, &out, &["--max-attempts", "1"]).await;
+    assert_eq!(seen.code, 3, "{}", seen.stderr);
+
+    // Between the runs the object changes on the host: the kept bytes and
+    // the validator in their record now belong to an older version.
+    let store = identifai_fetch::store::Store::open(&out).unwrap();
+    let partial = store.partial(identifai_fetch::manifest::Kind::Video, "changed");
+    let text = std::fs::read_to_string(partial.record_path()).unwrap();
+    let mut record: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(record["durable"], cut, "the first run kept what it received");
+    record["etag"] = "\"an-older-version\"".into();
+    std::fs::write(partial.record_path(), record.to_string()).unwrap();
+    std::fs::write(partial.data_path(), vec![0xa5; cut as usize]).unwrap();
+
+    let (before, sent_before) = (sim.received().len(), sim.body_bytes_sent());
+    let seen = run_against(&sim, &path, &out, &[]).await;
+    assert_eq!(seen.code, 0, "{}", seen.stderr);
+    let log = &sim.received()[before..];
+    let storage: Vec<&Received> = log.iter().filter(|r| r.endpoint == Endpoint::Storage).collect();
+    assert_eq!(storage.len(), 1, "{storage:?}");
+    assert_eq!(storage[0].header("range"), Some("bytes=1048576-"));
+    assert_eq!(storage[0].header("if-range"), Some("\"an-older-version\""));
+    assert_eq!(storage[0].status, Some(200), "a stale validator gets the whole file");
+    assert_eq!(sim.body_bytes_sent() - sent_before, size);
+    // Had the stale prefix been kept, the hash would not be the file's.
+    let sha256 = sim.expected_sha256(FileType::Video, "changed");
+    assert_eq!(report_rows_latest(&out)[0]["sha256"], sha256);
+    let object = out.join("objects/sha256").join(&sha256[..2]).join(&sha256);
+    assert_eq!(sha256_of(&object), sha256, "the object is whole and named by its hash");
+    assert_store_is_clean(&out);
+    assert!(files_under(&out.join("tmp")).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_kill_9_the_next_run_resumes_the_partial_file() {
     let mut config = SimConfig::default();
     config.sizes.insert("long".into(), 2 << 20);
