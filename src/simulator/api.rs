@@ -124,7 +124,8 @@ fn scripted(fault: &Fault) -> Option<Response> {
         | Fault::StorageReset
         | Fault::StorageResetAfter(_)
         | Fault::StorageExpired
-        | Fault::StorageStallAfter(_) => None,
+        | Fault::StorageStallAfter(_)
+        | Fault::StoragePauseAfter(..) => None,
     }
 }
 

@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use super::lock;
 
@@ -42,6 +43,10 @@ pub enum Fault {
     /// holding the connection open: a stalled transfer that only the client's timeout,
     /// or its stopping, ends.
     StorageStallAfter(u64),
+    /// Storage sends the headers and this many body bytes, then nothing for this long,
+    /// then the rest: a transfer that goes quiet and recovers, long enough for a client to
+    /// make what it has durable, without holding a later request up for good.
+    StoragePauseAfter(u64, Duration),
 }
 
 /// The faults still to be played, by requested identifier.

@@ -8,6 +8,7 @@
 //! byte-range support. Faults scripted for the requested identifier are played only
 //! once the URL itself has passed its checks.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
@@ -21,7 +22,9 @@ use axum::http::header::{
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
+use bytes::Bytes;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
@@ -100,6 +103,7 @@ enum Plan {
     ResetAfter(u64),
     Expired,
     Stall(u64),
+    Pause(u64, Duration),
 }
 
 /// Answers one request to the storage listener.
@@ -174,6 +178,7 @@ fn plan(fault: &Fault) -> Option<Plan> {
         Fault::StorageResetAfter(bytes) => Some(Plan::ResetAfter(*bytes)),
         Fault::StorageExpired => Some(Plan::Expired),
         Fault::StorageStallAfter(bytes) => Some(Plan::Stall(*bytes)),
+        Fault::StoragePauseAfter(bytes, pause) => Some(Plan::Pause(*bytes, *pause)),
         Fault::ApiStatus(_) | Fault::ApiRedirect(_) => None,
     }
 }
@@ -184,6 +189,9 @@ fn play(shared: &Shared, parts: &Parts, object: &Object, plan: Plan) -> Answer {
         Plan::Truncate(bytes) => deliver(shared, parts, object, Shape::TruncateAfter(bytes)),
         Plan::Stall(bytes) => deliver(shared, parts, object, Shape::StallAfter(bytes)),
         Plan::ResetAfter(bytes) => deliver(shared, parts, object, Shape::ResetAfter(bytes)),
+        Plan::Pause(bytes, pause) => {
+            deliver(shared, parts, object, Shape::PauseAfter(bytes, pause))
+        }
         // The response is never sent; the connection resets before its first byte.
         Plan::Reset => Answer::from(Response::new(Body::empty())).with_cut(Some(Cut::Reset)),
         Plan::Expired => expired().into(),
@@ -200,17 +208,34 @@ enum Shape {
     ResetAfter(u64),
     /// This many bytes, then silence on an open connection.
     StallAfter(u64),
+    /// This many bytes, then silence for this long, then the rest.
+    PauseAfter(u64, Duration),
 }
 
-/// The body stream for `range`, stalled or throttled as configured.
+/// The body stream for `range`, bent as `shape` says and throttled as configured.
 fn body_stream(shared: &Shared, content: Content, range: Range<u64>, shape: Shape) -> Body {
     let throttle = shared.config.storage_bytes_per_second;
-    let (range, stall) = match shape {
-        Shape::StallAfter(bytes) => (range.start..range.end.min(range.start + bytes), true),
-        _ => (range, false),
+    let split = match shape {
+        Shape::StallAfter(bytes) | Shape::PauseAfter(bytes, _) => {
+            range.end.min(range.start + bytes)
+        }
+        Shape::Whole | Shape::TruncateAfter(_) | Shape::ResetAfter(_) => range.end,
+    };
+    // What follows the bytes before `split`: silence for good, a quiet spell and the
+    // rest, or nothing.
+    let after: BoxStream<'static, Result<Bytes, Infallible>> = match shape {
+        Shape::StallAfter(_) => futures::stream::pending().boxed(),
+        Shape::PauseAfter(_, pause) => {
+            let quiet = futures::stream::once(tokio::time::sleep(pause));
+            let quiet = quiet.filter_map(|()| async { None });
+            quiet.chain(content.stream(split..range.end)).boxed()
+        }
+        Shape::Whole | Shape::TruncateAfter(_) | Shape::ResetAfter(_) => {
+            futures::stream::empty().boxed()
+        }
     };
     let sent = shared.body_bytes.clone();
-    let chunks = content.stream(range).then(move |chunk| async move {
+    let chunks = content.stream(range.start..split).chain(after).then(move |chunk| async move {
         // Pacing each chunk by its size gives the configured rate on average.
         if let (Some(rate), Ok(bytes)) = (throttle, &chunk) {
             let seconds = bytes.len() as f64 / rate.max(1) as f64;
@@ -223,11 +248,7 @@ fn body_stream(shared: &Shared, content: Content, range: Range<u64>, shape: Shap
             sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         }
     });
-    if stall {
-        Body::from_stream(chunks.chain(futures::stream::pending()))
-    } else {
-        Body::from_stream(chunks)
-    }
+    Body::from_stream(chunks)
 }
 
 /// The object's bytes: all of them, or the range asked for, bent as `shape` says.

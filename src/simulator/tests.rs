@@ -414,6 +414,34 @@ async fn reset_after_fault_resets_mid_body_after_exactly_n_bytes_once() {
     assert_eq!((cut.status, cut.fault.clone()), (Some(200), fault));
 }
 
+#[tokio::test(start_paused = true)]
+async fn pause_fault_goes_quiet_mid_body_then_sends_the_rest() {
+    let mut config = unlimited();
+    config.sizes.insert("slow".into(), 300_000);
+    let pause = Fault::StoragePauseAfter(100_000, Duration::from_secs(30));
+    config.faults.insert("slow".into(), vec![pause.clone()]);
+    let sim = start(config).await;
+    let client = client();
+    let url = resolve(&client, &sim, FileType::Audio, "slow").await;
+
+    let mut response = client.get(&url).send().await.expect("headers arrive");
+    let started = tokio::time::Instant::now();
+    let mut body = Vec::new();
+    let mut quiet_from = None;
+    for _ in 0..1_000 {
+        let Some(chunk) = response.chunk().await.expect("no error") else { break };
+        body.extend_from_slice(&chunk);
+        if body.len() >= 100_000 && quiet_from.is_none() {
+            quiet_from = Some(tokio::time::Instant::now());
+        }
+    }
+    assert!(body == sim.content(FileType::Audio, "slow").bytes(0..300_000));
+    let before_quiet = quiet_from.expect("the first 100 000 bytes arrive") - started;
+    assert!(before_quiet < Duration::from_secs(1), "the bytes before the pause come at once");
+    assert!(started.elapsed() >= Duration::from_secs(30), "the rest waits out the pause");
+    assert_eq!(sim.received()[1].fault, Some(pause));
+}
+
 #[tokio::test]
 async fn reset_fault_drops_the_connection_before_any_answer() {
     let mut config = unlimited();
