@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use common::{BIN, files_under, manifest, report_rows, run_against, sha256_of, unlimited};
 use identifai_fetch::journal::JournalIndex;
+use identifai_fetch::manifest::Kind;
 use identifai_fetch::report::RowStatus;
 use identifai_fetch::simulator::{Endpoint, Fault, FileType, Received, SimConfig, Simulator};
+use identifai_fetch::store::Store;
 
 /// Every object is named by its hash, and nothing else is in `objects/`.
 fn assert_store_is_clean(out: &Path) {
@@ -247,8 +249,7 @@ async fn a_partial_file_of_an_older_version_is_started_over() {
 
     // Between the runs the object changes on the host: the kept bytes and
     // the validator in their record now belong to an older version.
-    let store = identifai_fetch::store::Store::open(&out).unwrap();
-    let partial = store.partial(identifai_fetch::manifest::Kind::Video, "changed");
+    let partial = Store::existing(&out).partial(Kind::Video, "changed");
     let text = std::fs::read_to_string(partial.record_path()).unwrap();
     let mut record: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(record["durable"], cut, "the first run kept what it received");
@@ -408,22 +409,50 @@ async fn a_second_run_on_a_locked_store_is_turned_away() {
     assert_eq!(seen.code, 0, "{}", seen.stderr);
 }
 
+/// Bytes of a row's download that a killed run left durable in tmp/: what
+/// its record vouches for and its file still holds. `None` when it left no
+/// partial file at all.
+fn durable_left(store: &Store, kind: Kind, id: &str) -> Option<u64> {
+    let partial = store.partial(kind, id);
+    let on_disk = std::fs::metadata(partial.data_path()).ok()?.len();
+    let text = std::fs::read_to_string(partial.record_path()).unwrap_or_default();
+    let record = serde_json::from_str::<serde_json::Value>(&text).ok();
+    let durable = record.and_then(|record| record["durable"].as_u64()).unwrap_or(0);
+    Some(durable.min(on_disk))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_twenty_moments_never_corrupts_or_refetches() {
-    // Slow bodies, so that kills land in the middle of downloads.
-    let config = SimConfig { storage_bytes_per_second: Some(2 << 20), ..SimConfig::default() };
-    let sim = unlimited(config).await;
+    // Slow bodies, so that kills land in the middle of downloads. Bytes
+    // become durable when a body goes quiet, so one download pauses for two
+    // seconds after 300 000 bytes: kills during the pause leave bytes that a
+    // rerun must not fetch again.
+    let mut config = SimConfig { storage_bytes_per_second: Some(2 << 20), ..SimConfig::default() };
+    config.sizes.insert("held".into(), 1 << 20);
+    let pause = Fault::StoragePauseAfter(300_000, Duration::from_secs(2));
+    let mut rows = vec![(Kind::Video, FileType::Video, "held".to_owned())];
+    for n in 0..24 {
+        rows.push((Kind::Video, FileType::Video, format!("clip-{n}")));
+        rows.push((Kind::Image, FileType::Image, format!("img-{n}")));
+    }
+    let text: String = rows.iter().map(|(_, kind, id)| format!("{kind},{id}\n")).collect();
     let dir = tempfile::tempdir().unwrap();
-    let rows: String = (0..24).map(|n| format!("video,clip-{n}\nimage,img-{n}\n")).collect();
-    let path = manifest(dir.path(), &format!("type,identifier\n{rows}"));
+    let path = manifest(dir.path(), &format!("type,identifier\n{text}"));
     let mut rng = fastrand::Rng::with_seed(20261203);
+    let (mut rounds_with_partials, mut rounds_with_durable) = (0, 0);
     for round in 0..20 {
+        // Each run has a simulator of its own: nothing the killed run still
+        // had in flight can pass for the rerun's, and the rerun meets no pause.
+        let mut killed = config.clone();
+        killed.faults.insert("held".into(), vec![pause.clone()]);
+        let sim = unlimited(killed).await;
         let out = dir.path().join(format!("out-{round}"));
         let child = spawn_run(&sim, &path, &out, &["--concurrency", "6"]);
         let delay = Duration::from_millis(rng.u64(100..1500));
         tokio::time::sleep(delay).await;
         kill(&child, "-9");
         finish(child).await;
+        drop(sim);
         assert_store_is_clean(&out);
 
         // What the killed run had finished must not be fetched again.
@@ -433,18 +462,44 @@ async fn kill_9_at_twenty_moments_never_corrupts_or_refetches() {
             .filter(|(_, known)| known.status == RowStatus::Ok)
             .map(|((_, id), _)| id.clone())
             .collect();
-        let before = sim.received().len();
+        // Nor what it had made durable of the rest.
+        let store = Store::existing(&out);
+        let (mut missing, mut resumable, mut partials) = (0, Vec::new(), 0);
+        for (kind, file_type, id) in rows.iter().filter(|(_, _, id)| !done.contains(id)) {
+            let size = config.content(*file_type, id).size();
+            let left = durable_left(&store, *kind, id);
+            partials += usize::from(left.is_some());
+            let kept = left.unwrap_or(0).min(size);
+            missing += size - kept;
+            if 0 < kept && kept < size {
+                resumable.push((id, kept));
+            }
+        }
+        rounds_with_partials += usize::from(partials > 0);
+        rounds_with_durable += usize::from(!resumable.is_empty());
+
+        let sim = unlimited(config.clone()).await;
         let seen = run_against(&sim, &path, &out, &["--concurrency", "6"]).await;
         assert_eq!(seen.code, 0, "round {round} after {delay:?}: {}", seen.stderr);
-        let log = &sim.received()[before..];
+        let log = sim.received();
         for id in &done {
-            assert_eq!(requests_for(log, id).count(), 0, "round {round}: {id} fetched again");
+            assert_eq!(requests_for(&log, id).count(), 0, "round {round}: {id} fetched again");
         }
+        for (id, kept) in &resumable {
+            let first = requests_for(&log, id).find(|r| r.endpoint == Endpoint::Storage);
+            let range = first.and_then(|request| request.header("range"));
+            let expected = format!("bytes={kept}-");
+            assert_eq!(range, Some(expected.as_str()), "round {round}: {id} did not resume");
+        }
+        let served = sim.body_bytes_sent();
+        assert!(served <= missing, "round {round}: {served} bytes served, {missing} missing");
         assert_store_is_clean(&out);
         let report = report_rows_latest(&out);
-        assert_eq!(report.len(), 48);
+        assert_eq!(report.len(), rows.len());
         assert!(report.iter().all(|r| r["status"] == "ok"), "round {round}");
     }
+    assert!(rounds_with_partials > 0, "no kill landed in the middle of a download");
+    assert!(rounds_with_durable > 0, "no kill left durable bytes for a rerun to keep");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
