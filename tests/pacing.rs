@@ -10,7 +10,9 @@ use identifai_fetch::api::ApiKey;
 use identifai_fetch::rate::RateSpec;
 use identifai_fetch::retry::RetryPolicy;
 use identifai_fetch::run::{RunConfig, run};
-use identifai_fetch::simulator::{Endpoint, RetryAfterForm, SimConfig, Simulator, WindowLimit};
+use identifai_fetch::simulator::{
+    Endpoint, ResetForm, RetryAfterForm, SimConfig, Simulator, WindowLimit,
+};
 
 /// A manifest of `rows` distinct small images; returns the run's config.
 fn config_for(sim: &Simulator, dir: &std::path::Path, rows: usize) -> RunConfig {
@@ -64,12 +66,15 @@ async fn the_default_rate_meets_the_vendor_limits_without_a_single_429() {
 }
 
 /// A client configured faster than the server allows: the server's 429s
-/// must pause every API call until the window the server named is over.
-async fn pauses_until_the_server_reset(form: RetryAfterForm) {
+/// must pause every API call until the moment the server named, which is
+/// `late` after the window's end when only a later `X-RateLimit-Reset`
+/// names it. Headers that disagree tell which one the client followed.
+async fn pauses_until_the_server_reset(form: RetryAfterForm, reset: ResetForm, late: f64) {
     let rows = 14;
     let config = SimConfig {
         limits: vec![WindowLimit::new(5, Duration::from_secs(60))],
         retry_after: form,
+        rate_limit_reset: reset,
         ..small_files(SimConfig::default(), rows)
     };
     let sim = Simulator::start(config).await.unwrap();
@@ -98,29 +103,62 @@ async fn pauses_until_the_server_reset(form: RetryAfterForm) {
         }
         assert_eq!(*status, Some(429), "at {at}");
         assert_eq!(served, 5, "a 429 before the window was spent: {arrivals:?}");
-        // Nobody calls until the window is over, and then promptly.
-        let next = arrivals[i + 1].0;
-        assert!(closed(opened, next), "a call at {next} inside the pause: {arrivals:?}");
-        assert!(next <= opened + 61.5, "paused longer than asked: {arrivals:?}");
+        // Nobody calls until the named moment, and then promptly. The
+        // server rounds that moment up to a whole second.
+        let (next, ends) = (arrivals[i + 1].0, opened + 60.0 + late);
+        assert!(next + 1e-6 >= ends, "a call at {next} inside the pause: {arrivals:?}");
+        assert!(next <= ends + 1.5, "paused longer than asked: {arrivals:?}");
     }
     let rate_limited = arrivals.iter().filter(|(_, s)| *s == Some(429)).count();
     assert_eq!(rate_limited, 2, "one 429 per exhausted window: {arrivals:?}");
     assert_eq!(outcome.summary.rate_limited, 2);
 }
 
+/// Far enough past the window's end that a client following it instead of
+/// `Retry-After` would be caught by the bound on the pause.
+const LATER: Duration = Duration::from_secs(30);
+
 #[tokio::test(start_paused = true)]
 async fn retry_after_in_seconds_pauses_every_worker() {
-    pauses_until_the_server_reset(RetryAfterForm::Seconds).await;
+    pauses_until_the_server_reset(RetryAfterForm::Seconds, ResetForm::WindowEnd, 0.0).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_in_seconds_alone_pauses_every_worker() {
+    pauses_until_the_server_reset(RetryAfterForm::Seconds, ResetForm::Omitted, 0.0).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_in_seconds_is_followed_over_a_later_reset() {
+    pauses_until_the_server_reset(RetryAfterForm::Seconds, ResetForm::Later(LATER), 0.0).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn retry_after_as_an_http_date_pauses_every_worker() {
-    pauses_until_the_server_reset(RetryAfterForm::HttpDate).await;
+    pauses_until_the_server_reset(RetryAfterForm::HttpDate, ResetForm::WindowEnd, 0.0).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_as_an_http_date_alone_pauses_every_worker() {
+    pauses_until_the_server_reset(RetryAfterForm::HttpDate, ResetForm::Omitted, 0.0).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_as_an_http_date_is_followed_over_a_later_reset() {
+    pauses_until_the_server_reset(RetryAfterForm::HttpDate, ResetForm::Later(LATER), 0.0).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn x_ratelimit_reset_alone_pauses_every_worker() {
-    pauses_until_the_server_reset(RetryAfterForm::Omitted).await;
+    pauses_until_the_server_reset(RetryAfterForm::Omitted, ResetForm::WindowEnd, 0.0).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn x_ratelimit_reset_alone_is_followed_to_the_moment_it_names() {
+    // Neither the window's real end nor the client's default wait: the
+    // pause lasts exactly as long as the header says.
+    let late = LATER.as_secs_f64();
+    pauses_until_the_server_reset(RetryAfterForm::Omitted, ResetForm::Later(LATER), late).await;
 }
 
 #[tokio::test(start_paused = true)]

@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use common::{BIN, files_under, manifest, report_rows, run_against, sha256_of, unlimited};
 use identifai_fetch::journal::JournalIndex;
+use identifai_fetch::manifest::Kind;
 use identifai_fetch::report::RowStatus;
 use identifai_fetch::simulator::{Endpoint, Fault, FileType, Received, SimConfig, Simulator};
+use identifai_fetch::store::Store;
 
 /// Every object is named by its hash, and nothing else is in `objects/`.
 fn assert_store_is_clean(out: &Path) {
@@ -198,6 +200,83 @@ async fn a_cut_off_download_continues_with_a_range_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_reset_mid_body_continues_with_a_range_request() {
+    let size: u64 = 3 << 20;
+    let mut config = SimConfig::default();
+    config.sizes.insert("torn".into(), size);
+    config.faults.insert("torn".into(), vec![Fault::StorageResetAfter(1 << 20)]);
+    let sim = unlimited(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = manifest(dir.path(), "type,identifier\nvideo,torn\n");
+    let out = dir.path().join("out");
+    let seen = run_against(&sim, &path, &out, &[]).await;
+    assert_eq!(seen.code, 0, "{}", seen.stderr);
+
+    let storage: Vec<Received> =
+        sim.received().into_iter().filter(|r| r.endpoint == Endpoint::Storage).collect();
+    assert_eq!(storage.len(), 2, "{storage:?}");
+    assert_eq!(storage[0].fault, Some(Fault::StorageResetAfter(1 << 20)));
+    assert_eq!(storage[0].header("range"), None);
+    // The megabyte received before the reset is kept, not fetched again.
+    assert_eq!(storage[1].header("range"), Some("bytes=1048576-"));
+    assert!(storage[1].header("if-range").is_some(), "the resume names what it continues");
+    assert_eq!(storage[1].status, Some(206));
+    let sha256 = sim.expected_sha256(FileType::Video, "torn");
+    assert_eq!(report_rows(&out)[0]["sha256"], sha256);
+    let object = out.join("objects/sha256").join(&sha256[..2]).join(&sha256);
+    assert_eq!(sha256_of(&object), sha256, "the object is whole and named by its hash");
+    assert_store_is_clean(&out);
+    // Starting over would have cost the whole file on top of the megabyte
+    // before the reset; resuming costs the file once, plus what the HTTP
+    // stack had buffered past the cut (a few hundred KiB).
+    let sent = sim.body_bytes_sent();
+    assert!(sent < size + (1 << 20), "storage sent {sent} bytes");
+    assert!(files_under(&out.join("tmp")).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_file_of_an_older_version_is_started_over() {
+    let (size, cut): (u64, u64) = (3 << 20, 1 << 20);
+    let mut config = SimConfig::default();
+    config.sizes.insert("changed".into(), size);
+    config.faults.insert("changed".into(), vec![Fault::StorageTruncate(cut)]);
+    let sim = unlimited(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = manifest(dir.path(), "type,identifier\nvideo,changed\n");
+    let out = dir.path().join("out");
+    let seen = run_against(&sim, &path, &out, &["--max-attempts", "1"]).await;
+    assert_eq!(seen.code, 3, "{}", seen.stderr);
+
+    // Between the runs the object changes on the host: the kept bytes and
+    // the validator in their record now belong to an older version.
+    let partial = Store::existing(&out).partial(Kind::Video, "changed");
+    let text = std::fs::read_to_string(partial.record_path()).unwrap();
+    let mut record: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(record["durable"], cut, "the first run kept what it received");
+    record["etag"] = "\"an-older-version\"".into();
+    std::fs::write(partial.record_path(), record.to_string()).unwrap();
+    std::fs::write(partial.data_path(), vec![0xa5; cut as usize]).unwrap();
+
+    let (before, sent_before) = (sim.received().len(), sim.body_bytes_sent());
+    let seen = run_against(&sim, &path, &out, &[]).await;
+    assert_eq!(seen.code, 0, "{}", seen.stderr);
+    let log = &sim.received()[before..];
+    let storage: Vec<&Received> = log.iter().filter(|r| r.endpoint == Endpoint::Storage).collect();
+    assert_eq!(storage.len(), 1, "{storage:?}");
+    assert_eq!(storage[0].header("range"), Some("bytes=1048576-"));
+    assert_eq!(storage[0].header("if-range"), Some("\"an-older-version\""));
+    assert_eq!(storage[0].status, Some(200), "a stale validator gets the whole file");
+    assert_eq!(sim.body_bytes_sent() - sent_before, size);
+    // Had the stale prefix been kept, the hash would not be the file's.
+    let sha256 = sim.expected_sha256(FileType::Video, "changed");
+    assert_eq!(report_rows_latest(&out)[0]["sha256"], sha256);
+    let object = out.join("objects/sha256").join(&sha256[..2]).join(&sha256);
+    assert_eq!(sha256_of(&object), sha256, "the object is whole and named by its hash");
+    assert_store_is_clean(&out);
+    assert!(files_under(&out.join("tmp")).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_kill_9_the_next_run_resumes_the_partial_file() {
     let mut config = SimConfig::default();
     config.sizes.insert("long".into(), 2 << 20);
@@ -252,8 +331,59 @@ async fn sigterm_lets_downloads_go_for_the_grace_then_exits_4_resumably() {
     assert!(rows[0]["error"].contains("not finished"), "{:?}", rows[0]);
     assert!(files_under(&out.join("tmp")).len() == 2, "the partial file and its record stay");
 
+    let before = sim.received().len();
     let seen = run_against(&sim, &path, &out, &[]).await;
     assert_eq!(seen.code, 0, "{}", seen.stderr);
+    assert_store_is_clean(&out);
+    // The rerun continued the cut-off file rather than starting it over.
+    let log = &sim.received()[before..];
+    let storage: Vec<&Received> =
+        requests_for(log, "stuck").filter(|r| r.endpoint == Endpoint::Storage).collect();
+    assert_eq!(storage.len(), 1, "{storage:?}");
+    assert_eq!(storage[0].header("range"), Some("bytes=300000-"));
+    assert_eq!(storage[0].status, Some(206));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_stops_a_stalled_run_with_4_and_a_rerun_resumes_it() {
+    let mut config = SimConfig::default();
+    config.sizes.insert("stuck".into(), 1 << 20);
+    config.faults.insert("stuck".into(), vec![Fault::StorageStallAfter(300_000)]);
+    let sim = unlimited(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let rows: String = (0..3).map(|n| format!("image,later-{n}\n")).collect();
+    let path = manifest(dir.path(), &format!("type,identifier\nvideo,stuck\n{rows}"));
+    let out = dir.path().join("out");
+    // One download slot: the stalled download keeps the other rows waiting.
+    let options = ["--deadline", "1s", "--grace", "1s", "--concurrency", "1"];
+    let started = std::time::Instant::now();
+    let seen = run_against(&sim, &path, &out, &options).await;
+    assert_eq!(seen.code, 4, "{}", seen.stderr);
+    assert!(started.elapsed() < Duration::from_secs(10), "deadline and grace are 1 s each");
+    assert!(seen.stderr.contains("the --deadline was reached"), "{}", seen.stderr);
+    let rows = report_rows(&out);
+    assert_eq!(rows.len(), 4, "every row is reported");
+    assert_eq!(rows[0]["error"], "not finished: the --deadline was reached", "{:?}", rows[0]);
+    // Rows may win the slot before the stalled one; every other row is
+    // marked as left for the rerun.
+    for row in &rows {
+        let finished = row["status"] == "ok" && row["error"].is_empty();
+        assert!(finished || row["error"].starts_with("not finished: "), "{row:?}");
+    }
+    assert_eq!(files_under(&out.join("tmp")).len(), 2, "the partial file and its record stay");
+
+    let before = sim.received().len();
+    let seen = run_against(&sim, &path, &out, &[]).await;
+    assert_eq!(seen.code, 0, "{}", seen.stderr);
+    let log = &sim.received()[before..];
+    let storage: Vec<&Received> =
+        requests_for(log, "stuck").filter(|r| r.endpoint == Endpoint::Storage).collect();
+    assert_eq!(storage.len(), 1, "{storage:?}");
+    assert_eq!(storage[0].header("range"), Some("bytes=300000-"));
+    assert_eq!(storage[0].status, Some(206));
+    let report = report_rows_latest(&out);
+    assert!(report.iter().all(|r| r["status"] == "ok"), "{report:?}");
+    assert_eq!(report[0]["sha256"], sim.expected_sha256(FileType::Video, "stuck"));
     assert_store_is_clean(&out);
 }
 
@@ -279,22 +409,50 @@ async fn a_second_run_on_a_locked_store_is_turned_away() {
     assert_eq!(seen.code, 0, "{}", seen.stderr);
 }
 
+/// Bytes of a row's download that a killed run left durable in tmp/: what
+/// its record vouches for and its file still holds. `None` when it left no
+/// partial file at all.
+fn durable_left(store: &Store, kind: Kind, id: &str) -> Option<u64> {
+    let partial = store.partial(kind, id);
+    let on_disk = std::fs::metadata(partial.data_path()).ok()?.len();
+    let text = std::fs::read_to_string(partial.record_path()).unwrap_or_default();
+    let record = serde_json::from_str::<serde_json::Value>(&text).ok();
+    let durable = record.and_then(|record| record["durable"].as_u64()).unwrap_or(0);
+    Some(durable.min(on_disk))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_twenty_moments_never_corrupts_or_refetches() {
-    // Slow bodies, so that kills land in the middle of downloads.
-    let config = SimConfig { storage_bytes_per_second: Some(2 << 20), ..SimConfig::default() };
-    let sim = unlimited(config).await;
+    // Slow bodies, so that kills land in the middle of downloads. Bytes
+    // become durable when a body goes quiet, so one download pauses for two
+    // seconds after 300 000 bytes: kills during the pause leave bytes that a
+    // rerun must not fetch again.
+    let mut config = SimConfig { storage_bytes_per_second: Some(2 << 20), ..SimConfig::default() };
+    config.sizes.insert("held".into(), 1 << 20);
+    let pause = Fault::StoragePauseAfter(300_000, Duration::from_secs(2));
+    let mut rows = vec![(Kind::Video, FileType::Video, "held".to_owned())];
+    for n in 0..24 {
+        rows.push((Kind::Video, FileType::Video, format!("clip-{n}")));
+        rows.push((Kind::Image, FileType::Image, format!("img-{n}")));
+    }
+    let text: String = rows.iter().map(|(_, kind, id)| format!("{kind},{id}\n")).collect();
     let dir = tempfile::tempdir().unwrap();
-    let rows: String = (0..24).map(|n| format!("video,clip-{n}\nimage,img-{n}\n")).collect();
-    let path = manifest(dir.path(), &format!("type,identifier\n{rows}"));
+    let path = manifest(dir.path(), &format!("type,identifier\n{text}"));
     let mut rng = fastrand::Rng::with_seed(20261203);
+    let (mut rounds_with_partials, mut rounds_with_durable) = (0, 0);
     for round in 0..20 {
+        // Each run has a simulator of its own: nothing the killed run still
+        // had in flight can pass for the rerun's, and the rerun meets no pause.
+        let mut killed = config.clone();
+        killed.faults.insert("held".into(), vec![pause.clone()]);
+        let sim = unlimited(killed).await;
         let out = dir.path().join(format!("out-{round}"));
         let child = spawn_run(&sim, &path, &out, &["--concurrency", "6"]);
         let delay = Duration::from_millis(rng.u64(100..1500));
         tokio::time::sleep(delay).await;
         kill(&child, "-9");
         finish(child).await;
+        drop(sim);
         assert_store_is_clean(&out);
 
         // What the killed run had finished must not be fetched again.
@@ -304,18 +462,44 @@ async fn kill_9_at_twenty_moments_never_corrupts_or_refetches() {
             .filter(|(_, known)| known.status == RowStatus::Ok)
             .map(|((_, id), _)| id.clone())
             .collect();
-        let before = sim.received().len();
+        // Nor what it had made durable of the rest.
+        let store = Store::existing(&out);
+        let (mut missing, mut resumable, mut partials) = (0, Vec::new(), 0);
+        for (kind, file_type, id) in rows.iter().filter(|(_, _, id)| !done.contains(id)) {
+            let size = config.content(*file_type, id).size();
+            let left = durable_left(&store, *kind, id);
+            partials += usize::from(left.is_some());
+            let kept = left.unwrap_or(0).min(size);
+            missing += size - kept;
+            if 0 < kept && kept < size {
+                resumable.push((id, kept));
+            }
+        }
+        rounds_with_partials += usize::from(partials > 0);
+        rounds_with_durable += usize::from(!resumable.is_empty());
+
+        let sim = unlimited(config.clone()).await;
         let seen = run_against(&sim, &path, &out, &["--concurrency", "6"]).await;
         assert_eq!(seen.code, 0, "round {round} after {delay:?}: {}", seen.stderr);
-        let log = &sim.received()[before..];
+        let log = sim.received();
         for id in &done {
-            assert_eq!(requests_for(log, id).count(), 0, "round {round}: {id} fetched again");
+            assert_eq!(requests_for(&log, id).count(), 0, "round {round}: {id} fetched again");
         }
+        for (id, kept) in &resumable {
+            let first = requests_for(&log, id).find(|r| r.endpoint == Endpoint::Storage);
+            let range = first.and_then(|request| request.header("range"));
+            let expected = format!("bytes={kept}-");
+            assert_eq!(range, Some(expected.as_str()), "round {round}: {id} did not resume");
+        }
+        let served = sim.body_bytes_sent();
+        assert!(served <= missing, "round {round}: {served} bytes served, {missing} missing");
         assert_store_is_clean(&out);
         let report = report_rows_latest(&out);
-        assert_eq!(report.len(), 48);
+        assert_eq!(report.len(), rows.len());
         assert!(report.iter().all(|r| r["status"] == "ok"), "round {round}");
     }
+    assert!(rounds_with_partials > 0, "no kill landed in the middle of a download");
+    assert!(rounds_with_durable > 0, "no kill left durable bytes for a rerun to keep");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

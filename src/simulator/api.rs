@@ -6,6 +6,8 @@
 //! faults, the per-identifier 404 and 403 lists, and finally the 302 to a fresh signed
 //! URL. Every counted answer carries the tightest limit's `X-RateLimit-*` headers.
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use axum::http::request::Parts;
@@ -28,7 +30,21 @@ pub enum RetryAfterForm {
     /// `Retry-After: <IMF-fixdate>` of the window's end, e.g.
     /// `Sun, 06 Nov 1994 08:49:37 GMT`.
     HttpDate,
-    /// No `Retry-After` at all; only `X-RateLimit-Reset` tells when the window ends.
+    /// No `Retry-After` at all; only `X-RateLimit-Reset`, unless left out too, tells when
+    /// the window ends.
+    Omitted,
+}
+
+/// What a 429's `X-RateLimit-Reset` says. Laravel sends the same moment as `Retry-After`;
+/// the other choices let a test tell which of the two headers a client followed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ResetForm {
+    /// The Unix second the window ends, rounded up: the moment `Retry-After` names.
+    #[default]
+    WindowEnd,
+    /// That moment plus this long, so that it disagrees with `Retry-After`.
+    Later(Duration),
+    /// No `X-RateLimit-Reset` at all; only `Retry-After` tells when the window ends.
     Omitted,
 }
 
@@ -106,8 +122,10 @@ fn scripted(fault: &Fault) -> Option<Response> {
         Fault::StorageStatus(_)
         | Fault::StorageTruncate(_)
         | Fault::StorageReset
+        | Fault::StorageResetAfter(_)
         | Fault::StorageExpired
-        | Fault::StorageStallAfter(_) => None,
+        | Fault::StorageStallAfter(_)
+        | Fault::StoragePauseAfter(..) => None,
     }
 }
 
@@ -124,7 +142,15 @@ fn too_many(shared: &Shared, max: u32, now: Instant, ends: Instant) -> Response 
     let mut response = json(StatusCode::TOO_MANY_REQUESTS, "Too Many Attempts.");
     let headers = response.headers_mut();
     standing_headers(headers, Standing { max, remaining: 0 });
-    headers.insert(RESET, reset.into());
+    match shared.config.rate_limit_reset {
+        ResetForm::WindowEnd => {
+            headers.insert(RESET, reset.into());
+        }
+        ResetForm::Later(by) => {
+            headers.insert(RESET, ceil_secs(shared.clock.unix_at(ends + by)).into());
+        }
+        ResetForm::Omitted => {}
+    }
     match shared.config.retry_after {
         RetryAfterForm::Seconds => {
             let wait = ceil_secs(ends.saturating_duration_since(now)).max(1);

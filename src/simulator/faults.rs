@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use super::lock;
 
@@ -31,12 +32,21 @@ pub enum Fault {
     StorageTruncate(u64),
     /// Storage resets the connection before sending any byte of its answer.
     StorageReset,
+    /// Storage sends the full headers and this many body bytes, then resets the
+    /// connection (a TCP RST, as from a host that crashed or a middlebox that gave up)
+    /// once the client has acknowledged those bytes. A count at or past the body's end
+    /// sends the whole body.
+    StorageResetAfter(u64),
     /// Storage answers `403` "Request has expired" once, even though the URL is fresh.
     StorageExpired,
     /// Storage sends the headers and this many body bytes, then nothing more while
     /// holding the connection open: a stalled transfer that only the client's timeout,
     /// or its stopping, ends.
     StorageStallAfter(u64),
+    /// Storage sends the headers and this many body bytes, then nothing for this long,
+    /// then the rest: a transfer that goes quiet and recovers, long enough for a client to
+    /// make what it has durable, without holding a later request up for good.
+    StoragePauseAfter(u64, Duration),
 }
 
 /// The faults still to be played, by requested identifier.

@@ -34,13 +34,14 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
-pub use api::RetryAfterForm;
+pub use api::{ResetForm, RetryAfterForm};
 pub use content::{Content, FileType};
 pub use faults::Fault;
 pub use limits::WindowLimit;
@@ -67,6 +68,8 @@ pub struct SimConfig {
     pub url_validity: Duration,
     /// How a 429 tells the client when to come back.
     pub retry_after: RetryAfterForm,
+    /// What a 429's `X-RateLimit-Reset` says, next to `retry_after`.
+    pub rate_limit_reset: ResetForm,
     /// Requested identifiers the API answers with 404.
     pub not_found: HashSet<String>,
     /// Requested identifiers the API answers with 403.
@@ -88,7 +91,7 @@ pub struct SimConfig {
 
 impl Default for SimConfig {
     /// The vendor's published behaviour: 2 requests a second and 60 a minute, URLs valid
-    /// for 60 minutes, `Retry-After` in seconds.
+    /// for 60 minutes, `Retry-After` in seconds and `X-RateLimit-Reset` at the same moment.
     fn default() -> SimConfig {
         SimConfig {
             api_key: DEFAULT_API_KEY.to_owned(),
@@ -98,6 +101,7 @@ impl Default for SimConfig {
             ],
             url_validity: Duration::from_secs(60 * 60),
             retry_after: RetryAfterForm::Seconds,
+            rate_limit_reset: ResetForm::WindowEnd,
             not_found: HashSet::new(),
             forbidden: HashSet::new(),
             sizes: HashMap::new(),
@@ -124,6 +128,8 @@ struct Shared {
     faults: FaultScript,
     journal: Journal,
     bucket: Bucket,
+    /// Body bytes storage has handed to its connections; see [`Simulator::body_bytes_sent`].
+    body_bytes: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -134,6 +140,7 @@ impl Shared {
             faults: FaultScript::new(&config.faults),
             journal: Journal::default(),
             bucket: Bucket::new(storage),
+            body_bytes: Arc::default(),
             config,
         }
     }
@@ -219,6 +226,13 @@ impl Simulator {
     /// Requests the storage listener has received, whatever it answered.
     pub fn storage_requests(&self) -> usize {
         self.shared.journal.count(|r| r.endpoint == Endpoint::Storage)
+    }
+
+    /// Body bytes storage has handed to its connections so far, over every request: what
+    /// a client cost the storage host. A connection cut by a fault, or by a client going
+    /// away, may have delivered up to a few chunks fewer than counted.
+    pub fn body_bytes_sent(&self) -> u64 {
+        self.shared.body_bytes.load(Ordering::Relaxed)
     }
 
     /// The body served for `identifier` requested as `kind`; see [`SimConfig::content`].

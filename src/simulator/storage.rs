@@ -8,8 +8,10 @@
 //! byte-range support. Faults scripted for the requested identifier are played only
 //! once the URL itself has passed its checks.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -20,7 +22,9 @@ use axum::http::header::{
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
+use bytes::Bytes;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
@@ -96,8 +100,10 @@ enum Plan {
     Status(u16),
     Truncate(u64),
     Reset,
+    ResetAfter(u64),
     Expired,
     Stall(u64),
+    Pause(u64, Duration),
 }
 
 /// Answers one request to the storage listener.
@@ -169,8 +175,10 @@ fn plan(fault: &Fault) -> Option<Plan> {
         Fault::StorageStatus(code) => Some(Plan::Status(*code)),
         Fault::StorageTruncate(bytes) => Some(Plan::Truncate(*bytes)),
         Fault::StorageReset => Some(Plan::Reset),
+        Fault::StorageResetAfter(bytes) => Some(Plan::ResetAfter(*bytes)),
         Fault::StorageExpired => Some(Plan::Expired),
         Fault::StorageStallAfter(bytes) => Some(Plan::Stall(*bytes)),
+        Fault::StoragePauseAfter(bytes, pause) => Some(Plan::Pause(*bytes, *pause)),
         Fault::ApiStatus(_) | Fault::ApiRedirect(_) => None,
     }
 }
@@ -180,6 +188,10 @@ fn play(shared: &Shared, parts: &Parts, object: &Object, plan: Plan) -> Answer {
         Plan::Status(code) => scripted_status(code).into(),
         Plan::Truncate(bytes) => deliver(shared, parts, object, Shape::TruncateAfter(bytes)),
         Plan::Stall(bytes) => deliver(shared, parts, object, Shape::StallAfter(bytes)),
+        Plan::ResetAfter(bytes) => deliver(shared, parts, object, Shape::ResetAfter(bytes)),
+        Plan::Pause(bytes, pause) => {
+            deliver(shared, parts, object, Shape::PauseAfter(bytes, pause))
+        }
         // The response is never sent; the connection resets before its first byte.
         Plan::Reset => Answer::from(Response::new(Body::empty())).with_cut(Some(Cut::Reset)),
         Plan::Expired => expired().into(),
@@ -192,18 +204,38 @@ enum Shape {
     Whole,
     /// This many bytes, then the connection closes.
     TruncateAfter(u64),
+    /// This many bytes, then the connection resets.
+    ResetAfter(u64),
     /// This many bytes, then silence on an open connection.
     StallAfter(u64),
+    /// This many bytes, then silence for this long, then the rest.
+    PauseAfter(u64, Duration),
 }
 
-/// The body stream for `range`, stalled or throttled as configured.
+/// The body stream for `range`, bent as `shape` says and throttled as configured.
 fn body_stream(shared: &Shared, content: Content, range: Range<u64>, shape: Shape) -> Body {
     let throttle = shared.config.storage_bytes_per_second;
-    let (range, stall) = match shape {
-        Shape::StallAfter(bytes) => (range.start..range.end.min(range.start + bytes), true),
-        _ => (range, false),
+    let split = match shape {
+        Shape::StallAfter(bytes) | Shape::PauseAfter(bytes, _) => {
+            range.end.min(range.start + bytes)
+        }
+        Shape::Whole | Shape::TruncateAfter(_) | Shape::ResetAfter(_) => range.end,
     };
-    let chunks = content.stream(range).then(move |chunk| async move {
+    // What follows the bytes before `split`: silence for good, a quiet spell and the
+    // rest, or nothing.
+    let after: BoxStream<'static, Result<Bytes, Infallible>> = match shape {
+        Shape::StallAfter(_) => futures::stream::pending().boxed(),
+        Shape::PauseAfter(_, pause) => {
+            let quiet = futures::stream::once(tokio::time::sleep(pause));
+            let quiet = quiet.filter_map(|()| async { None });
+            quiet.chain(content.stream(split..range.end)).boxed()
+        }
+        Shape::Whole | Shape::TruncateAfter(_) | Shape::ResetAfter(_) => {
+            futures::stream::empty().boxed()
+        }
+    };
+    let sent = shared.body_bytes.clone();
+    let chunks = content.stream(range.start..split).chain(after).then(move |chunk| async move {
         // Pacing each chunk by its size gives the configured rate on average.
         if let (Some(rate), Ok(bytes)) = (throttle, &chunk) {
             let seconds = bytes.len() as f64 / rate.max(1) as f64;
@@ -211,11 +243,12 @@ fn body_stream(shared: &Shared, content: Content, range: Range<u64>, shape: Shap
         }
         chunk
     });
-    if stall {
-        Body::from_stream(chunks.chain(futures::stream::pending()))
-    } else {
-        Body::from_stream(chunks)
-    }
+    let chunks = chunks.inspect(move |chunk| {
+        if let Ok(bytes) = chunk {
+            sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }
+    });
+    Body::from_stream(chunks)
 }
 
 /// The object's bytes: all of them, or the range asked for, bent as `shape` says.
@@ -246,11 +279,11 @@ fn deliver(shared: &Shared, parts: &Parts, object: &Object, shape: Shape) -> Ans
     }
     // A cut at or past the body's end would never fire and would stay armed for the
     // next response on the connection, so it is dropped: the body is complete anyway.
-    let truncate = match shape {
-        Shape::TruncateAfter(bytes) => Some(bytes),
-        Shape::Whole | Shape::StallAfter(_) => None,
+    let cut = match shape {
+        Shape::TruncateAfter(bytes) if bytes < length => Some(Cut::AfterBody(bytes)),
+        Shape::ResetAfter(bytes) if bytes < length => Some(Cut::ResetAfterBody(bytes)),
+        _ => None,
     };
-    let cut = truncate.filter(|&bytes| bytes < length).map(Cut::AfterBody);
     Answer::from(response).with_cut(cut)
 }
 

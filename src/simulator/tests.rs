@@ -157,9 +157,13 @@ async fn listed_identifiers_and_unknown_types_get_404_or_403() {
     assert_eq!(sim.storage_requests(), 0);
 }
 
-#[tokio::test]
+// The paused clock keeps all three requests in the same instant however loaded the machine
+// is: with real time, a slow third request could open a new window and pass.
+#[tokio::test(start_paused = true)]
 async fn third_request_in_a_second_gets_429_with_rate_limit_headers() {
+    let before = unix_now();
     let sim = start(SimConfig::default()).await;
+    let after = unix_now();
     let client = client();
     let first = call(&client, &sim, FileType::Image, "a").await;
     assert_eq!(first.status(), StatusCode::FOUND);
@@ -168,16 +172,19 @@ async fn third_request_in_a_second_gets_429_with_rate_limit_headers() {
     let second = call(&client, &sim, FileType::Image, "b").await;
     assert_eq!(header(&second, "x-ratelimit-remaining"), "0");
 
-    let before = unix_now();
     let third = call(&client, &sim, FileType::Image, "c").await;
     assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(header(&third, "retry-after"), "1");
     assert_eq!(header(&third, "x-ratelimit-limit"), "2");
     assert_eq!(header(&third, "x-ratelimit-remaining"), "0");
+    // The window opened at the simulator's start and lasts a second, rounded up to whole
+    // seconds of the wall time captured at that start.
     let reset: u64 = header(&third, "x-ratelimit-reset").parse().expect("Unix seconds");
-    assert!((before..=before + 2).contains(&reset), "reset {reset}, now {before}");
+    assert!((before + 1..=after + 2).contains(&reset), "reset {reset}, start {before}..{after}");
     assert_eq!(third.text().await.unwrap(), r#"{"message":"Too Many Attempts."}"#);
     assert_eq!(sim.rate_limited(), 1);
+    let times: Vec<_> = sim.received().iter().map(|r| r.at).collect();
+    assert_eq!(times, [Duration::ZERO; 3], "no time passed between the three requests");
 }
 
 #[tokio::test(start_paused = true)]
@@ -226,6 +233,36 @@ async fn retry_after_can_be_an_http_date_or_left_out() {
     assert!(refused.headers().get("x-ratelimit-reset").is_some());
 }
 
+#[tokio::test(start_paused = true)]
+async fn x_ratelimit_reset_can_be_left_out_or_name_a_later_moment() {
+    let limits = vec![WindowLimit::new(1, Duration::from_secs(60))];
+    let later = SimConfig {
+        limits: limits.clone(),
+        retry_after: RetryAfterForm::HttpDate,
+        rate_limit_reset: ResetForm::Later(Duration::from_secs(30)),
+        ..SimConfig::default()
+    };
+    let sim = start(later).await;
+    let client = client();
+    resolve(&client, &sim, FileType::Image, "a").await;
+    let refused = call(&client, &sim, FileType::Image, "a").await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let when = DateTimeParser::new().parse_timestamp(header(&refused, "retry-after"));
+    let reset: i64 = header(&refused, "x-ratelimit-reset").parse().expect("Unix seconds");
+    assert_eq!(reset - when.expect("IMF-fixdate").as_second(), 30);
+
+    let omitted =
+        SimConfig { limits, rate_limit_reset: ResetForm::Omitted, ..SimConfig::default() };
+    let sim = start(omitted).await;
+    resolve(&client, &sim, FileType::Image, "a").await;
+    let refused = call(&client, &sim, FileType::Image, "a").await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Both requests came at the same paused instant, so the whole window is still ahead.
+    assert_eq!(header(&refused, "retry-after"), "60");
+    assert!(refused.headers().get("x-ratelimit-reset").is_none());
+    assert_eq!(header(&refused, "x-ratelimit-remaining"), "0");
+}
+
 #[tokio::test]
 async fn ranges_get_206_and_a_stale_if_range_gets_everything() {
     let mut config = unlimited();
@@ -253,6 +290,8 @@ async fn ranges_get_206_and_a_stale_if_range_gets_everything() {
     let beyond = get("bytes=1000-").send().await.unwrap();
     assert_eq!(beyond.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(header(&beyond, "content-range"), "bytes */1000");
+    // Only object bytes count, not error bodies: the range, the tail and the whole file.
+    assert_eq!(sim.body_bytes_sent(), 100 + 10 + 1000);
 }
 
 #[tokio::test]
@@ -321,6 +360,86 @@ async fn truncation_fault_ends_the_body_after_exactly_n_bytes_once() {
     assert_eq!(sha256_hex(&again), sim.expected_sha256(FileType::Image, "cut"));
     let cut = &sim.received()[1];
     assert_eq!((cut.status, cut.fault.clone()), (Some(200), Some(Fault::StorageTruncate(70_000))));
+}
+
+/// Whether `error`'s causes include a connection reset, as opposed to a body that
+/// merely ended early.
+fn was_reset(error: &reqwest::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    for _ in 0..16 {
+        let Some(current) = cause else { return false };
+        let io = current.downcast_ref::<std::io::Error>();
+        if io.is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionReset) {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
+}
+
+#[tokio::test]
+async fn reset_after_fault_resets_mid_body_after_exactly_n_bytes_once() {
+    // Several MiB, so that the kernel still holds some of the bytes before the cut when
+    // the budget is spent: a reset sent at once would throw them away.
+    let mut config = unlimited();
+    config.sizes.insert("cut".into(), 8 << 20);
+    config.faults.insert("cut".into(), vec![Fault::StorageResetAfter(6 << 20)]);
+    let sim = start(config).await;
+    let client = client();
+    let url = resolve(&client, &sim, FileType::Video, "cut").await;
+
+    let mut response = client.get(&url).send().await.expect("headers arrive");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header(&response, CONTENT_LENGTH.as_str()), (8 << 20).to_string());
+    let mut body = Vec::new();
+    let mut reset = false;
+    for _ in 0..100_000 {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => break,
+            Err(error) => {
+                reset = was_reset(&error);
+                break;
+            }
+        }
+    }
+    assert!(reset, "the body must end in a reset, after {} bytes", body.len());
+    assert_eq!(body.len(), 6 << 20, "every byte before the cut arrives");
+    assert!(body == sim.content(FileType::Video, "cut").bytes(0..6 << 20));
+
+    let again = fetch(&client, &url).await;
+    assert_eq!(sha256_hex(&again), sim.expected_sha256(FileType::Video, "cut"));
+    let cut = &sim.received()[1];
+    let fault = Some(Fault::StorageResetAfter(6 << 20));
+    assert_eq!((cut.status, cut.fault.clone()), (Some(200), fault));
+}
+
+#[tokio::test(start_paused = true)]
+async fn pause_fault_goes_quiet_mid_body_then_sends_the_rest() {
+    let mut config = unlimited();
+    config.sizes.insert("slow".into(), 300_000);
+    let pause = Fault::StoragePauseAfter(100_000, Duration::from_secs(30));
+    config.faults.insert("slow".into(), vec![pause.clone()]);
+    let sim = start(config).await;
+    let client = client();
+    let url = resolve(&client, &sim, FileType::Audio, "slow").await;
+
+    let mut response = client.get(&url).send().await.expect("headers arrive");
+    let started = tokio::time::Instant::now();
+    let mut body = Vec::new();
+    let mut quiet_from = None;
+    for _ in 0..1_000 {
+        let Some(chunk) = response.chunk().await.expect("no error") else { break };
+        body.extend_from_slice(&chunk);
+        if body.len() >= 100_000 && quiet_from.is_none() {
+            quiet_from = Some(tokio::time::Instant::now());
+        }
+    }
+    assert!(body == sim.content(FileType::Audio, "slow").bytes(0..300_000));
+    let before_quiet = quiet_from.expect("the first 100 000 bytes arrive") - started;
+    assert!(before_quiet < Duration::from_secs(1), "the bytes before the pause come at once");
+    assert!(started.elapsed() >= Duration::from_secs(30), "the rest waits out the pause");
+    assert_eq!(sim.received()[1].fault, Some(pause));
 }
 
 #[tokio::test]
