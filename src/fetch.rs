@@ -14,6 +14,8 @@
 //! one, asks for the rest with `Range` and `If-Range`; the host answers 206
 //! with the rest of the same file, or 200 with a new one, which starts over.
 //! The hash always covers the whole file: the kept prefix is read back first.
+//! What is kept is every byte in the file when it was written under the
+//! running boot, else its durable bytes (see `store`).
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
@@ -45,7 +47,8 @@ const WRITE_BUFFER: usize = 1 << 20;
 
 /// How often the writer makes its bytes durable and records how far it got:
 /// after this many bytes, or when the body goes quiet for a moment. A crash
-/// loses at most this much of a download.
+/// of the machine loses at most this much of a download; a kill of the
+/// process, nothing it wrote.
 const CHECKPOINT_BYTES: u64 = 32 << 20;
 const CHECKPOINT_IDLE: Duration = Duration::from_millis(500);
 
@@ -125,9 +128,10 @@ impl StorageClient {
             None => return Err(refusal(response).await),
         };
         let content_type = header_text(response.headers(), CONTENT_TYPE);
-        let file = if offset == 0 { partial.begin(&meta)? } else { partial.reopen(offset)? };
+        let file =
+            if offset == 0 { partial.begin(&meta)? } else { partial.reopen(&meta, offset)? };
         let mut meta = meta;
-        let sink = Sink { file, partial: partial.clone(), meta: meta.clone(), offset };
+        let sink = Sink::new(file, partial.clone(), meta.clone(), offset);
         let (sha256, bytes) = self.stream_to(sink, response).await?;
         if let Some(expected) = meta.length.filter(|&expected| expected != bytes) {
             return Err(FetchError::Truncated { expected, received: bytes });
@@ -306,6 +310,10 @@ struct Sink {
 }
 
 impl Sink {
+    fn new(file: File, partial: Partial, meta: PartialMeta, offset: u64) -> Sink {
+        Sink { file, partial, meta, offset }
+    }
+
     /// Hashes the kept prefix, then hashes and writes every chunk, making
     /// progress durable now and then. Returns the digest and total length.
     // Known limit: this blocking thread lives as long as the download, and
@@ -432,7 +440,7 @@ mod tests {
             content_type: None,
         };
         let file = partial.begin(&meta).unwrap();
-        let sink = Sink { file, partial: partial.clone(), meta, offset: 0 };
+        let sink = Sink::new(file, partial.clone(), meta, 0);
         let (sender, receiver) = mpsc::channel(1);
         let runtime = tokio::runtime::Handle::current();
         let writer = tokio::task::spawn_blocking(move || sink.drain(receiver, &runtime));
