@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 
 use crate::api::{Lease, body_excerpt, describe_transport};
 use crate::manifest::Kind;
-use crate::store::{Partial, PartialMeta, Store, StoreError};
+use crate::store::{Fsync, Partial, PartialMeta, Store, StoreError};
 
 /// Chunks in flight between the network and the disk writer. Hyper reads up
 /// to ~400 KiB at a time, so this caps the queue near 3 MiB per download; the
@@ -307,11 +307,14 @@ struct Sink {
     partial: Partial,
     meta: PartialMeta,
     offset: u64,
+    /// Whether a record of this sink has reached the disk with `tmp/`
+    /// fsynced, so that the file's and the record's names are durable.
+    names_durable: bool,
 }
 
 impl Sink {
     fn new(file: File, partial: Partial, meta: PartialMeta, offset: u64) -> Sink {
-        Sink { file, partial, meta, offset }
+        Sink { file, partial, meta, offset, names_durable: false }
     }
 
     /// Hashes the kept prefix, then hashes and writes every chunk, making
@@ -359,7 +362,15 @@ impl Sink {
         out.flush()?;
         out.get_ref().sync_data()?;
         self.meta.durable = total;
-        self.partial.checkpoint(&self.meta).map_err(|error| error.source)
+        // Between the first record and the one naming the hash, a rename
+        // lost to a power cut leaves the previous record, which counts fewer
+        // bytes but is true: the folder's fsync is paid twice a download.
+        let named = self.meta.sha256.is_some();
+        let fsync =
+            if self.names_durable && !named { Fsync::Record } else { Fsync::RecordAndFolder };
+        self.partial.record(&self.meta, fsync).map_err(|error| error.source)?;
+        self.names_durable = true;
+        Ok(())
     }
 }
 

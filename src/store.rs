@@ -20,7 +20,7 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -268,6 +268,22 @@ fn kept_bytes(record: &Record, on_disk: u64, current: Option<&str>) -> u64 {
     if same_boot { on_disk } else { on_disk.min(record.meta.durable) }
 }
 
+/// What writing a record waits for, by what the record must outlive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// Nothing: the record outlives a kill, not a power cut. Enough for one
+    /// that vouches for no fsynced byte (a download just begun or reopened):
+    /// losing it loses nothing that was durable.
+    Nothing,
+    /// The record's bytes, before the rename. A power cut then leaves it or
+    /// the download's previous record, both true of the fsynced bytes; enough
+    /// once an earlier record's name, and the file's, are durable.
+    Record,
+    /// Those, and then `tmp/` itself, so that the rename and the partial
+    /// file's own name are on disk too.
+    RecordAndFolder,
+}
+
 /// The files of one request's download in progress.
 #[derive(Debug, Clone)]
 pub struct Partial {
@@ -310,7 +326,7 @@ impl Partial {
             .write(true)
             .open(&self.data)
             .map_err(at("cannot create", &self.data))?;
-        self.checkpoint(meta)?;
+        self.record(meta, Fsync::Nothing)?;
         Ok(file)
     }
 
@@ -326,22 +342,42 @@ impl Partial {
         // Only now, with no byte of an earlier boot past `durable` left, may
         // the record say this boot: a kill before the next checkpoint then
         // keeps what this process writes.
-        self.checkpoint(meta)?;
+        self.record(meta, Fsync::Nothing)?;
         Ok(file)
     }
 
-    /// Replaces the record atomically (write aside, then rename), stamped
-    /// with the running boot.
+    /// Replaces the record atomically and durably: it outlives a power cut.
     pub fn checkpoint(&self, meta: &PartialMeta) -> Result<(), StoreError> {
-        self.write_record(meta, disk::boot_id())
+        self.record(meta, Fsync::RecordAndFolder)
     }
 
-    fn write_record(&self, meta: &PartialMeta, boot_id: Option<&str>) -> Result<(), StoreError> {
+    /// Replaces the record atomically (written aside, then renamed), stamped
+    /// with the running boot, waiting for what `fsync` says.
+    pub fn record(&self, meta: &PartialMeta, fsync: Fsync) -> Result<(), StoreError> {
+        self.write_record(meta, disk::boot_id(), fsync)
+    }
+
+    fn write_record(
+        &self,
+        meta: &PartialMeta,
+        boot_id: Option<&str>,
+        fsync: Fsync,
+    ) -> Result<(), StoreError> {
         let aside = self.meta.with_extension("json.new");
         let text =
             serde_json::to_vec(&RecordOut { meta, boot_id }).expect("a partial record serializes");
-        fs::write(&aside, text).map_err(at("cannot write", &aside))?;
-        fs::rename(&aside, &self.meta).map_err(at("cannot write", &self.meta))
+        let mut file = File::create(&aside).map_err(at("cannot write", &aside))?;
+        file.write_all(&text).map_err(at("cannot write", &aside))?;
+        if fsync != Fsync::Nothing {
+            // Before the rename: a rename that outlives the bytes it names
+            // would leave an empty record, and its durable file as debris.
+            file.sync_data().map_err(at("cannot fsync", &aside))?;
+        }
+        fs::rename(&aside, &self.meta).map_err(at("cannot write", &self.meta))?;
+        if fsync == Fsync::RecordAndFolder {
+            sync_dir(self.meta.parent().expect("a record is in tmp/"))?;
+        }
+        Ok(())
     }
 
     /// Forgets the download: the next attempt starts from zero.
@@ -398,9 +434,9 @@ mod tests {
         assert!(partial.resume_point().is_none(), "nothing yet");
         let mut file = partial.begin(&meta(100, 0)).unwrap();
         file.write_all(&[7; 60]).unwrap();
-        partial.write_record(&meta(100, 0), EARLIER_BOOT).unwrap();
+        partial.write_record(&meta(100, 0), EARLIER_BOOT, Fsync::Nothing).unwrap();
         assert!(partial.resume_point().is_none(), "written but not yet durable");
-        partial.write_record(&meta(100, 40), EARLIER_BOOT).unwrap();
+        partial.write_record(&meta(100, 40), EARLIER_BOOT, Fsync::RecordAndFolder).unwrap();
         let (found, offset) = partial.resume_point().unwrap();
         assert_eq!((found.length, offset), (Some(100), 40));
         let reopened = partial.reopen(&found, offset).unwrap();
