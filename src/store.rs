@@ -309,6 +309,14 @@ impl Partial {
         (offset > 0 && offset < length).then_some((meta, offset))
     }
 
+    /// The record of a download whose every byte is in the file but whose
+    /// record does not name the hash: a kill after the last byte was written
+    /// and before the last record. It needs hashing, not a request.
+    pub fn received_unhashed(&self) -> Option<PartialMeta> {
+        let (meta, kept) = self.kept()?;
+        (meta.sha256.is_none() && meta.length == Some(kept)).then_some(meta)
+    }
+
     /// The record, and how many of the file's bytes a resume keeps.
     fn kept(&self) -> Option<(PartialMeta, u64)> {
         let record = read_record(&self.meta)?;
@@ -378,6 +386,17 @@ impl Partial {
             sync_dir(self.meta.parent().expect("a record is in tmp/"))?;
         }
         Ok(())
+    }
+
+    /// Makes a download that `received_unhashed` found durable and whole:
+    /// fsyncs its file (bytes of this boot may be in the page cache only),
+    /// then records `meta`, which names the hash. Blocking.
+    pub fn seal(&self, meta: &PartialMeta) -> Result<(), StoreError> {
+        // Writable: some systems fsync only files opened for writing.
+        let file = OpenOptions::new().write(true).open(&self.data);
+        let file = file.map_err(at("cannot reopen", &self.data))?;
+        file.sync_data().map_err(at("cannot fsync", &self.data))?;
+        self.checkpoint(meta)
     }
 
     /// Forgets the download: the next attempt starts from zero.
@@ -480,10 +499,29 @@ mod tests {
         file.write_all(&[7; 60]).unwrap();
         let (_, offset) = partial.resume_point().expect("written under this boot");
         assert_eq!(offset, 60, "nothing fsynced, yet all of it is kept");
+        assert!(partial.received_unhashed().is_none(), "not whole yet");
         file.write_all(&[7; 40]).unwrap();
         assert!(partial.resume_point().is_none(), "nothing left to ask for");
+        assert_eq!(partial.received_unhashed(), Some(meta(100, 0)), "only hashing left");
         file.write_all(&[7]).unwrap();
         assert!(partial.resume_point().is_none(), "longer than the download");
+        assert!(partial.received_unhashed().is_none());
+    }
+
+    #[test]
+    fn a_record_durable_to_its_length_without_a_hash_needs_only_hashing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let partial = store.partial(Kind::Video, "v1");
+        partial.begin(&meta(100, 0)).unwrap().write_all(&[7; 100]).unwrap();
+        // What an idle checkpoint after the last byte used to leave.
+        partial.write_record(&meta(100, 100), EARLIER_BOOT, Fsync::RecordAndFolder).unwrap();
+        assert!(partial.resume_point().is_none());
+        assert_eq!(partial.received_unhashed(), Some(meta(100, 100)));
+        let hashed = PartialMeta { sha256: Some("ab".repeat(32)), ..meta(100, 100) };
+        partial.seal(&hashed).unwrap();
+        assert_eq!(partial.finished(), Some(hashed));
+        assert!(partial.received_unhashed().is_none(), "hashed now");
     }
 
     #[test]

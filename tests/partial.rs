@@ -123,6 +123,35 @@ async fn after_a_reboot_only_the_durable_bytes_are_kept() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_file_whose_record_lacks_the_hash_is_finished_without_a_request() {
+    let sim = simulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = manifest(dir.path(), "type,identifier\nvideo,clip\n");
+    let whole = clip_bytes(&sim, CLIP_BYTES);
+
+    // Every byte durable, no hash: an idle checkpoint after the last byte,
+    // then a kill (and, to count only what the record says, a reboot).
+    let out = dir.path().join("idle");
+    let partial = leave_partial(&out, &sim, CLIP_BYTES, &whole);
+    from_an_earlier_boot(&partial);
+    let seen = run_against(&sim, &path, &out, &[]).await;
+    assert_eq!(seen.code, 0, "{}", seen.stderr);
+    assert_eq!(sim.received().len(), 0, "no API call, no storage request");
+    assert_eq!(report_rows(&out)[0]["api_calls"], "0");
+    assert_clip_stored(&sim, &out);
+
+    // Every byte written, none fsynced: a kill after the last write.
+    if identifai_fetch::disk::boot_id().is_some() {
+        let out = dir.path().join("killed");
+        leave_partial(&out, &sim, 0, &whole);
+        let seen = run_against(&sim, &path, &out, &[]).await;
+        assert_eq!(seen.code, 0, "{}", seen.stderr);
+        assert_eq!(sim.received().len(), 0, "no API call, no storage request");
+        assert_clip_stored(&sim, &out);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_longer_than_its_download_is_fetched_afresh() {
     let sim = simulator().await;
     let dir = tempfile::tempdir().unwrap();
