@@ -11,11 +11,14 @@
 #      --concurrency 8; the script polls the journal until half the rows have
 #      finished and sends SIGKILL. It records what the store held at that
 #      moment: finished rows, objects the journal does not name yet, and each
-#      partial file's size and `durable` bytes (capped at the file's size).
+#      partial file's size, `durable` bytes and the bytes a rerun keeps: the
+#      whole file when its record names this boot (a kill leaves the page
+#      cache whole), else `durable` capped at the file's size, and none of
+#      a file longer than its download.
 #      Then it reruns to the end and compares: API calls against the rows
 #      still to fetch (not finished, not whole on disk), bytes downloaded
 #      against the bytes still missing (all rows' bytes - finished rows'
-#      bytes - durable partial bytes - objects not yet journaled),
+#      bytes - kept partial bytes - objects not yet journaled),
 #      already_stored against the rows finished, and the rows taken up with
 #      no request against those whole on disk but not journaled (a complete
 #      partial file, or an object renamed before its journal line), which
@@ -249,44 +252,59 @@ survey_at_kill() { # out
     read -r AT_UNJOURNALED AT_UNJOURNALED_BYTES < <(awk '{ n++; b += $2 }
         END { print n + 0, b + 0 }' "$WORK/kill.unjournaled")
 
-    # Each partial file, classed by where a rerun can take it up: its
-    # record's `durable`, capped at the file's size, is what is safely on
-    # disk, and the tool resumes from there when that is inside the file.
-    AT_PARTS=0 AT_PART_BYTES=0 AT_DURABLE=0 AT_RESUMABLE=0 AT_RESUMABLE_FILES=0
-    AT_COMPLETE=0 AT_COMPLETE_FILES=0 AT_RECORD_ONLY=0
-    local details=$WORK/kill.partials record data size d length on_disk class sha
+    # Each partial file, classed by where a rerun can take it up. Under the
+    # boot its record names, every byte in the file is kept: a kill leaves
+    # what the process wrote in the page cache. After a reboot only the
+    # record's `durable`, capped at the file's size, is safely on disk. A
+    # file longer than its download keeps nothing. The tool resumes from
+    # the kept bytes when they are inside the file, and takes the file up
+    # whole, with no request, when they are all of it.
+    AT_PARTS=0 AT_PART_BYTES=0 AT_DURABLE=0 AT_KEPT=0 AT_THIS_BOOT=0
+    AT_RESUMABLE=0 AT_RESUMABLE_FILES=0 AT_COMPLETE=0 AT_COMPLETE_FILES=0 AT_RECORD_ONLY=0
+    local details=$WORK/kill.partials record data size d length written durable kept class sha
+    local boot
+    boot=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null || true)
     : >"$details"
     : >"$WORK/kill.complete"
     for record in "$out"/tmp/*.part.json; do
         [[ -e $record ]] || continue
         data=${record%.json}
-        read -r d length < <(jq -r '"\(.durable // 0) \(.length // 0)"' "$record" 2>/dev/null ||
-            echo 0 0)
+        read -r d length written < <(jq -r '"\(.durable // 0) \(.length // 0) \(.boot_id // "-")"' \
+            "$record" 2>/dev/null || echo 0 0 -)
         sha=-
         if [[ ! -f $data ]]; then
             AT_RECORD_ONLY=$((AT_RECORD_ONLY + 1))
-            printf '%s %11s %11s %11s  %s  %s\n' "$(basename "$data")" - "$d" "$length" - \
+            printf '%s %11s %11s %11s %11s  %s  %s\n' "$(basename "$data")" - "$d" - "$length" - \
                 "record only: its file has gone (renamed into objects/?)" >>"$details"
             continue
         fi
         size=$(stat -c %s "$data")
         AT_PARTS=$((AT_PARTS + 1))
         AT_PART_BYTES=$((AT_PART_BYTES + size))
-        on_disk=$((size < d ? size : d))
-        AT_DURABLE=$((AT_DURABLE + on_disk))
-        class="nothing durable"
-        if ((on_disk > 0 && on_disk < length)); then
-            AT_RESUMABLE=$((AT_RESUMABLE + on_disk))
+        durable=$((size < d ? size : d))
+        AT_DURABLE=$((AT_DURABLE + durable))
+        if ((size > length)); then
+            kept=0
+        elif [[ -n $boot && $written == "$boot" ]]; then
+            kept=$size
+            AT_THIS_BOOT=$((AT_THIS_BOOT + 1))
+        else
+            kept=$durable
+        fi
+        AT_KEPT=$((AT_KEPT + kept))
+        class="nothing kept"
+        if ((kept > 0 && kept < length)); then
+            AT_RESUMABLE=$((AT_RESUMABLE + kept))
             AT_RESUMABLE_FILES=$((AT_RESUMABLE_FILES + 1))
             class=resumable
-        elif ((on_disk > 0 && on_disk == length)); then
-            AT_COMPLETE=$((AT_COMPLETE + on_disk))
+        elif ((kept > 0 && kept == length)); then
+            AT_COMPLETE=$((AT_COMPLETE + kept))
             AT_COMPLETE_FILES=$((AT_COMPLETE_FILES + 1))
             class="complete, not yet renamed into objects/"
             sha=$(sha256sum "$data" | cut -d ' ' -f 1)
         fi
-        printf '%s %11s %11s %11s  %s  %s\n' "$(basename "$data")" "$size" "$d" "$length" \
-            "${sha:0:12}" "$class" >>"$details"
+        printf '%s %11s %11s %11s %11s  %s  %s\n' "$(basename "$data")" "$size" "$d" "$kept" \
+            "$length" "${sha:0:12}" "$class" >>"$details"
         [[ $sha == - ]] || echo "$sha $size" >>"$WORK/kill.complete"
     done
     AT_OTHER=$(find "$out/tmp" -type f ! -name '*.part' ! -name '*.part.json' | wc -l)
@@ -302,14 +320,16 @@ print_at_kill() {
     row "partial files in tmp/" "$AT_PARTS"
     row "bytes in partial files (file sizes)" "$AT_PART_BYTES"
     row "bytes durable (record, capped at file size)" "$AT_DURABLE"
-    row "  of which resumable (0 < durable < length)" "$AT_RESUMABLE" \
+    row "bytes kept (this boot: file size; else durable)" "$AT_KEPT" \
+        "$AT_THIS_BOOT of $AT_PARTS file(s) recorded under this boot"
+    row "  of which resumable (0 < kept < length)" "$AT_RESUMABLE" \
         "in $AT_RESUMABLE_FILES file(s)"
-    row "  of which complete (durable = length)" "$AT_COMPLETE" "in $AT_COMPLETE_FILES file(s)"
-    row "bytes on disk but not durable" "$((AT_PART_BYTES - AT_DURABLE))" \
-        "fetched again: a resume starts at the durable bytes"
+    row "  of which complete (kept = length)" "$AT_COMPLETE" "in $AT_COMPLETE_FILES file(s)"
+    row "bytes on disk but not kept" "$((AT_PART_BYTES - AT_KEPT))" \
+        "fetched again: a resume starts at the kept bytes"
     row "records whose partial file has gone" "$AT_RECORD_ONLY"
     row "other files in tmp/" "$AT_OTHER"
-    echo "  partial files (name, size, durable, length, sha256 when complete, class):"
+    echo "  partial files (name, size, durable, kept, length, sha256 when complete, class):"
     sed 's/^/    /' "$WORK/kill.partials"
 }
 
@@ -320,7 +340,7 @@ compare_rerun() { # journal api-seen storage-seen resumed-seen
     read -r total total_bytes <<<"$(journal_stored "$1")"
     local whole_rows=$((AT_COMPLETE_FILES + AT_UNJOURNALED))
     local needed=$((KILL_ROWS - AT_FINISHED - whole_rows))
-    local missing=$((total_bytes - AT_FINISHED_BYTES - AT_DURABLE - AT_UNJOURNALED_BYTES))
+    local missing=$((total_bytes - AT_FINISHED_BYTES - AT_KEPT - AT_UNJOURNALED_BYTES))
     local ok calls stored downloaded limited retries elapsed no_request recovered
     ok=$(summary_of kill-rerun .by_status.ok)
     no_request=$(jq -s '[.[] | select(.status == "ok" and .api_calls == 0)] | length' \
@@ -348,11 +368,11 @@ compare_rerun() { # journal api-seen storage-seen resumed-seen
     row "bytes re-downloaded" "$excess" 0
     row "storage requests answered" "$storage_seen" "$needed"
     row "  of which 206 (resumed with Range)" "$resumed_seen" \
-        "$AT_RESUMABLE_FILES (files with resumable bytes)"
+        "$AT_RESUMABLE_FILES (files with kept bytes, not whole)"
     row "rate_limited, retries" "$limited, $retries" "0, 0"
     row "wall s (summary elapsed_seconds)" "$WALL" "($(calc '%.2f' "$elapsed"))"
     echo "  bytes still missing = $total_bytes (all $total rows, from the journal)" \
-        "- $AT_FINISHED_BYTES (finished) - $AT_DURABLE (durable in partial files)" \
+        "- $AT_FINISHED_BYTES (finished) - $AT_KEPT (kept in partial files)" \
         "- $AT_UNJOURNALED_BYTES (objects not yet journaled)"
     list_whole_rows "$1"
 

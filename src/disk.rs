@@ -1,6 +1,8 @@
-//! What the file system has left, for error messages about a full disk.
+//! What the file system has left, for error messages about a full disk, and
+//! which boot of the kernel wrote what it holds, for trusting partial files.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 /// "N MiB free on the file system of PATH", or why that is unknown. Walks up
 /// to the nearest existing folder, since the failing file may be gone.
@@ -13,6 +15,21 @@ pub fn free_space_text(path: &Path) -> String {
         }
         Err(error) => format!("free space unknown ({error})"),
     }
+}
+
+/// This boot of the kernel, where the system says (Linux); `None` elsewhere.
+///
+/// Bytes a process wrote but never fsynced sit in the page cache, which a
+/// kill of the process leaves whole: only a kernel crash or a power cut can
+/// lose them, and either ends the boot. So bytes written under the boot that
+/// is running now are as good as fsynced ones, for reading them back.
+pub fn boot_id() -> Option<&'static str> {
+    static BOOT_ID: OnceLock<Option<String>> = OnceLock::new();
+    let read = || {
+        let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        Some(text.trim().to_owned()).filter(|id| !id.is_empty())
+    };
+    BOOT_ID.get_or_init(read).as_deref()
 }
 
 /// Bytes in the largest binary unit that keeps a number of at least 1.
@@ -37,6 +54,16 @@ mod tests {
         assert_eq!(human_bytes(1023), "1023 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(5 << 30), "5.0 GiB");
+    }
+
+    #[test]
+    fn the_boot_id_is_read_once_and_stays() {
+        let first = boot_id();
+        if cfg!(target_os = "linux") {
+            let id = first.expect("Linux says which boot this is");
+            assert_eq!(id.len(), 36, "a UUID: {id}");
+        }
+        assert_eq!(boot_id(), first);
     }
 
     #[test]

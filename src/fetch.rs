@@ -14,6 +14,8 @@
 //! one, asks for the rest with `Range` and `If-Range`; the host answers 206
 //! with the rest of the same file, or 200 with a new one, which starts over.
 //! The hash always covers the whole file: the kept prefix is read back first.
+//! What is kept is every byte in the file when it was written under the
+//! running boot, else its durable bytes (see `store`).
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
@@ -33,7 +35,7 @@ use tokio::sync::mpsc;
 
 use crate::api::{Lease, body_excerpt, describe_transport};
 use crate::manifest::Kind;
-use crate::store::{Partial, PartialMeta, Store, StoreError};
+use crate::store::{Fsync, Partial, PartialMeta, Store, StoreError};
 
 /// Chunks in flight between the network and the disk writer. Hyper reads up
 /// to ~400 KiB at a time, so this caps the queue near 3 MiB per download; the
@@ -45,7 +47,8 @@ const WRITE_BUFFER: usize = 1 << 20;
 
 /// How often the writer makes its bytes durable and records how far it got:
 /// after this many bytes, or when the body goes quiet for a moment. A crash
-/// loses at most this much of a download.
+/// of the machine loses at most this much of a download; a kill of the
+/// process, nothing it wrote.
 const CHECKPOINT_BYTES: u64 = 32 << 20;
 const CHECKPOINT_IDLE: Duration = Duration::from_millis(500);
 
@@ -125,9 +128,10 @@ impl StorageClient {
             None => return Err(refusal(response).await),
         };
         let content_type = header_text(response.headers(), CONTENT_TYPE);
-        let file = if offset == 0 { partial.begin(&meta)? } else { partial.reopen(offset)? };
+        let file =
+            if offset == 0 { partial.begin(&meta)? } else { partial.reopen(&meta, offset)? };
         let mut meta = meta;
-        let sink = Sink { file, partial: partial.clone(), meta: meta.clone(), offset };
+        let sink = Sink::new(file, partial.clone(), meta.clone(), offset);
         let (sha256, bytes) = self.stream_to(sink, response).await?;
         if let Some(expected) = meta.length.filter(|&expected| expected != bytes) {
             return Err(FetchError::Truncated { expected, received: bytes });
@@ -145,7 +149,8 @@ impl StorageClient {
 
     /// A download an earlier attempt received whole, finished without a
     /// request: its object is in place already (the crash came before the
-    /// journal), or its file is complete and only needs to move there.
+    /// journal), or its file is complete and only needs to move there, or
+    /// its file is complete but was killed before its record named the hash.
     pub async fn recover(
         &self,
         store: &Store,
@@ -153,7 +158,12 @@ impl StorageClient {
         id: &str,
     ) -> Result<Option<Fetched>, FetchError> {
         let partial = store.partial(kind, id);
-        let Some(meta) = partial.finished() else { return Ok(None) };
+        let Some(meta) = partial.finished() else {
+            return match partial.received_unhashed() {
+                Some(meta) => seal(store, partial, meta).await,
+                None => Ok(None),
+            };
+        };
         let (sha256, bytes) = (meta.sha256.clone().unwrap_or_default(), meta.length.unwrap_or(0));
         let content_type = meta.content_type.clone();
         if store.has_object(&sha256, Some(bytes)) {
@@ -206,6 +216,28 @@ async fn commit(store: &Store, partial: Partial, sha256: String) -> Result<PathB
     let store = store.clone();
     let committed = tokio::task::spawn_blocking(move || store.commit(&partial, &sha256));
     Ok(committed.await.expect("the commit thread does not panic")?)
+}
+
+/// Finishes a download whose every byte is in its file but whose record
+/// does not name the hash, as the writer would have: hashes the file, makes
+/// it durable with a record that names the hash, and moves it into place.
+async fn seal(
+    store: &Store,
+    partial: Partial,
+    meta: PartialMeta,
+) -> Result<Option<Fetched>, FetchError> {
+    let Some(sha256) = rehash(&partial).await else {
+        partial.discard();
+        return Ok(None);
+    };
+    let bytes = meta.length.unwrap_or(0);
+    let content_type = meta.content_type.clone();
+    let meta = PartialMeta { durable: bytes, sha256: Some(sha256.clone()), ..meta };
+    let sealing = partial.clone();
+    let sealed = tokio::task::spawn_blocking(move || sealing.seal(&meta));
+    sealed.await.expect("the sealing thread does not panic")?;
+    let object = commit(store, partial, sha256.clone()).await?;
+    Ok(Some(Fetched { sha256, bytes, content_type, object, resumed_from: bytes }))
 }
 
 /// The hash of a partial file's bytes, read back; `None` if unreadable.
@@ -303,9 +335,16 @@ struct Sink {
     partial: Partial,
     meta: PartialMeta,
     offset: u64,
+    /// Whether a record of this sink has reached the disk with `tmp/`
+    /// fsynced, so that the file's and the record's names are durable.
+    names_durable: bool,
 }
 
 impl Sink {
+    fn new(file: File, partial: Partial, meta: PartialMeta, offset: u64) -> Sink {
+        Sink { file, partial, meta, offset, names_durable: false }
+    }
+
     /// Hashes the kept prefix, then hashes and writes every chunk, making
     /// progress durable now and then. Returns the digest and total length.
     // Known limit: this blocking thread lives as long as the download, and
@@ -328,30 +367,45 @@ impl Sink {
                     out.write_all(&chunk)?;
                     total += chunk.len() as u64;
                     if total - self.meta.durable >= CHECKPOINT_BYTES {
-                        self.make_durable(&mut out, total)?;
+                        self.make_durable(&mut out, total, &hasher)?;
                     }
                 }
                 Ok(None) => break,
                 // The body went quiet: a good moment to secure what we have.
-                Err(_) if total > self.meta.durable => self.make_durable(&mut out, total)?,
+                Err(_) if total > self.meta.durable => {
+                    self.make_durable(&mut out, total, &hasher)?;
+                }
                 Err(_) => {}
             }
         }
-        let digest: [u8; 32] = hasher.finalize().into();
-        // Whole: the last record names the hash too, so that no moment
-        // exists when the bytes are all on disk and a crash forgets them.
-        if self.meta.length == Some(total) {
-            self.meta.sha256 = Some(hex(&digest));
-        }
-        self.make_durable(&mut out, total)?;
-        Ok((digest, total))
+        self.make_durable(&mut out, total, &hasher)?;
+        Ok((hasher.finalize().into(), total))
     }
 
-    fn make_durable(&mut self, out: &mut BufWriter<File>, total: u64) -> io::Result<()> {
+    /// Fsyncs the file, then records `total` bytes as durable.
+    fn make_durable(
+        &mut self,
+        out: &mut BufWriter<File>,
+        total: u64,
+        hasher: &Sha256,
+    ) -> io::Result<()> {
         out.flush()?;
         out.get_ref().sync_data()?;
         self.meta.durable = total;
-        self.partial.checkpoint(&self.meta).map_err(|error| error.source)
+        // Whole: the record names the hash too, so that no moment exists
+        // when the bytes are all on disk and a crash forgets them. The body
+        // can go quiet after its last byte and before its end, so this is
+        // any record, not only the last.
+        let whole = self.meta.length == Some(total);
+        self.meta.sha256 = whole.then(|| hex(&hasher.clone().finalize()));
+        // Between the first record and the whole one, a rename lost to a
+        // power cut leaves the previous record, which counts fewer bytes but
+        // is true: the folder is fsynced at most twice a download.
+        let fsync =
+            if self.names_durable && !whole { Fsync::Record } else { Fsync::RecordAndFolder };
+        self.partial.record(&self.meta, fsync).map_err(|error| error.source)?;
+        self.names_durable = true;
+        Ok(())
     }
 }
 
@@ -417,9 +471,16 @@ mod tests {
         assert!(hash_prefix(&mut file, 100, &mut Sha256::new()).is_err());
     }
 
-    /// Drains `body` into a fresh partial download announced as `length`
-    /// bytes long, and returns what its record says afterwards.
-    async fn drain_into_record(body: &'static [u8], length: u64) -> PartialMeta {
+    /// A writer draining into a fresh partial download announced as
+    /// `length` bytes long, fed through the returned sender.
+    struct Draining {
+        _dir: tempfile::TempDir,
+        partial: Partial,
+        sender: mpsc::Sender<Bytes>,
+        writer: tokio::task::JoinHandle<io::Result<([u8; 32], u64)>>,
+    }
+
+    fn start_draining(length: u64) -> Draining {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let partial = store.partial(Kind::Image, "a");
@@ -432,10 +493,17 @@ mod tests {
             content_type: None,
         };
         let file = partial.begin(&meta).unwrap();
-        let sink = Sink { file, partial: partial.clone(), meta, offset: 0 };
+        let sink = Sink::new(file, partial.clone(), meta, 0);
         let (sender, receiver) = mpsc::channel(1);
         let runtime = tokio::runtime::Handle::current();
         let writer = tokio::task::spawn_blocking(move || sink.drain(receiver, &runtime));
+        Draining { _dir: dir, partial, sender, writer }
+    }
+
+    /// Drains `body` into a fresh partial download announced as `length`
+    /// bytes long, and returns what its record says afterwards.
+    async fn drain_into_record(body: &'static [u8], length: u64) -> PartialMeta {
+        let Draining { _dir, partial, sender, writer } = start_draining(length);
         sender.send(Bytes::from_static(body)).await.unwrap();
         drop(sender);
         writer.await.unwrap().unwrap();
@@ -455,5 +523,26 @@ mod tests {
         // A body cut short is durable as far as it went, and has no hash.
         let meta = drain_into_record(b"hel", 5).await;
         assert_eq!((meta.durable, meta.sha256), (3, None));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_body_quiet_after_its_last_byte_is_recorded_with_its_hash() {
+        let Draining { _dir, partial, sender, writer } = start_draining(5);
+        sender.send(Bytes::from_static(b"hello")).await.unwrap();
+        // The end of the body has not come; the idle checkpoint does.
+        let mut meta = record_of(&partial);
+        for _ in 0..100 {
+            if meta.durable == 5 {
+                break;
+            }
+            tokio::time::sleep(CHECKPOINT_IDLE / 10).await;
+            meta = record_of(&partial);
+        }
+        assert_eq!(meta.durable, 5, "the idle checkpoint came");
+        assert_eq!(meta.sha256.as_deref(), Some(hex(&Sha256::digest(b"hello")).as_str()));
+        assert!(partial.finished().is_some(), "a kill now costs no request");
+        drop(sender);
+        let (digest, bytes) = writer.await.unwrap().unwrap();
+        assert_eq!((hex(&digest), bytes), (meta.sha256.unwrap(), 5));
     }
 }

@@ -12,16 +12,22 @@
 //! place, and the directory fsynced. A reader never sees a partial object,
 //! and a crash leaves at most a partial file, which the next attempt resumes.
 //! An object that already exists is success: same name, same bytes.
+//!
+//! A partial file's record names the boot of the kernel that wrote it. A
+//! kill of the process spares the page cache, so a rerun under the same boot
+//! keeps every byte in the file; after a reboot, which may follow a crash
+//! that lost unsynced bytes, only the bytes the record calls durable count.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::disk;
 use crate::manifest::Kind;
 
 const OBJECTS: &str = "objects/sha256";
@@ -203,7 +209,8 @@ pub struct PartialMeta {
     pub last_modified: Option<String>,
     /// The whole file's length, as the storage host announced it.
     pub length: Option<u64>,
-    /// Bytes known to be on disk (fsynced): resuming starts here at most.
+    /// Bytes known to be on disk (fsynced): what a resume keeps at most
+    /// after a reboot. Under the boot that wrote the file, all of it is kept.
     pub durable: u64,
     /// Set once the whole file is received and fsynced: its hash, and its
     /// content type for the report.
@@ -219,6 +226,62 @@ impl PartialMeta {
         let strong_etag = self.etag.as_deref().filter(|etag| !etag.starts_with("W/"));
         strong_etag.or(self.last_modified.as_deref())
     }
+}
+
+/// A record as it is stored: the download's state and the boot that wrote
+/// it. The boot belongs to the write, not to the download, so every write
+/// stamps the running one and `PartialMeta` does not carry it.
+#[derive(Deserialize)]
+struct Record {
+    #[serde(flatten)]
+    meta: PartialMeta,
+    /// Absent in records of versions before boots were recorded.
+    #[serde(default)]
+    boot_id: Option<String>,
+}
+
+/// The same, borrowed, for writing.
+#[derive(Serialize)]
+struct RecordOut<'a> {
+    #[serde(flatten)]
+    meta: &'a PartialMeta,
+    boot_id: Option<&'a str>,
+}
+
+/// How many leading bytes of a partial file `on_disk` bytes long a resume
+/// can keep, when the running boot is `current`.
+///
+/// Under the boot the record was written in, all of them: write() extends
+/// a file only after copying the bytes, so every byte inside its length
+/// holds what the dead process wrote, and only a crash of the kernel or of
+/// the power, which ends the boot, loses bytes not yet fsynced. No record is
+/// written under a boot while the file holds unsynced bytes of an earlier
+/// one: `begin` empties the file and `reopen` cuts it to what it keeps
+/// before writing theirs. Otherwise, or when the boot is unknown, only the
+/// fsynced bytes count.
+fn kept_bytes(record: &Record, on_disk: u64, current: Option<&str>) -> u64 {
+    // Longer than the download it records: not that download's bytes.
+    if record.meta.length.is_some_and(|length| on_disk > length) {
+        return 0;
+    }
+    let same_boot = current.is_some() && record.boot_id.as_deref() == current;
+    if same_boot { on_disk } else { on_disk.min(record.meta.durable) }
+}
+
+/// What writing a record waits for, by what the record must outlive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// Nothing: the record outlives a kill, not a power cut. Enough for one
+    /// that vouches for no fsynced byte (a download just begun or reopened):
+    /// losing it loses nothing that was durable.
+    Nothing,
+    /// The record's bytes, before the rename. A power cut then leaves it or
+    /// the download's previous record, both true of the fsynced bytes; enough
+    /// once an earlier record's name, and the file's, are durable.
+    Record,
+    /// Those, and then `tmp/` itself, so that the rename and the partial
+    /// file's own name are on disk too.
+    RecordAndFolder,
 }
 
 /// The files of one request's download in progress.
@@ -240,12 +303,26 @@ impl Partial {
     /// Where a resumed download can start, and what it must match: `None`
     /// when there is nothing to resume, or nothing to check a resume by.
     pub fn resume_point(&self) -> Option<(PartialMeta, u64)> {
-        let meta = read_meta(&self.meta)?;
+        let (meta, offset) = self.kept()?;
         meta.validator()?;
         let length = meta.length?;
-        let on_disk = fs::metadata(&self.data).ok()?.len();
-        let offset = on_disk.min(meta.durable);
         (offset > 0 && offset < length).then_some((meta, offset))
+    }
+
+    /// The record of a download whose every byte is in the file but whose
+    /// record does not name the hash: a kill after the last byte was written
+    /// and before the last record. It needs hashing, not a request.
+    pub fn received_unhashed(&self) -> Option<PartialMeta> {
+        let (meta, kept) = self.kept()?;
+        (meta.sha256.is_none() && meta.length == Some(kept)).then_some(meta)
+    }
+
+    /// The record, and how many of the file's bytes a resume keeps.
+    fn kept(&self) -> Option<(PartialMeta, u64)> {
+        let record = read_record(&self.meta)?;
+        let on_disk = fs::metadata(&self.data).ok()?.len();
+        let kept = kept_bytes(&record, on_disk, disk::boot_id());
+        Some((record.meta, kept))
     }
 
     /// Starts the download afresh: an empty file and a new record.
@@ -257,28 +334,69 @@ impl Partial {
             .write(true)
             .open(&self.data)
             .map_err(at("cannot create", &self.data))?;
-        self.checkpoint(meta)?;
+        self.record(meta, Fsync::Nothing)?;
         Ok(file)
     }
 
     /// Reopens the file to continue at `offset`, dropping anything past it
-    /// that was never made durable.
-    pub fn reopen(&self, offset: u64) -> Result<File, StoreError> {
+    /// that a resume does not keep, and stamps the record with this boot.
+    pub fn reopen(&self, meta: &PartialMeta, offset: u64) -> Result<File, StoreError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(&self.data)
             .map_err(at("cannot reopen", &self.data))?;
         file.set_len(offset).map_err(at("cannot truncate", &self.data))?;
+        // Only now, with no byte of an earlier boot past `durable` left, may
+        // the record say this boot: a kill before the next checkpoint then
+        // keeps what this process writes.
+        self.record(meta, Fsync::Nothing)?;
         Ok(file)
     }
 
-    /// Replaces the record atomically (write aside, then rename).
+    /// Replaces the record atomically and durably: it outlives a power cut.
     pub fn checkpoint(&self, meta: &PartialMeta) -> Result<(), StoreError> {
+        self.record(meta, Fsync::RecordAndFolder)
+    }
+
+    /// Replaces the record atomically (written aside, then renamed), stamped
+    /// with the running boot, waiting for what `fsync` says.
+    pub fn record(&self, meta: &PartialMeta, fsync: Fsync) -> Result<(), StoreError> {
+        self.write_record(meta, disk::boot_id(), fsync)
+    }
+
+    fn write_record(
+        &self,
+        meta: &PartialMeta,
+        boot_id: Option<&str>,
+        fsync: Fsync,
+    ) -> Result<(), StoreError> {
         let aside = self.meta.with_extension("json.new");
-        let text = serde_json::to_vec(meta).expect("a partial record serializes");
-        fs::write(&aside, text).map_err(at("cannot write", &aside))?;
-        fs::rename(&aside, &self.meta).map_err(at("cannot write", &self.meta))
+        let text =
+            serde_json::to_vec(&RecordOut { meta, boot_id }).expect("a partial record serializes");
+        let mut file = File::create(&aside).map_err(at("cannot write", &aside))?;
+        file.write_all(&text).map_err(at("cannot write", &aside))?;
+        if fsync != Fsync::Nothing {
+            // Before the rename: a rename that outlives the bytes it names
+            // would leave an empty record, and its durable file as debris.
+            file.sync_data().map_err(at("cannot fsync", &aside))?;
+        }
+        fs::rename(&aside, &self.meta).map_err(at("cannot write", &self.meta))?;
+        if fsync == Fsync::RecordAndFolder {
+            sync_dir(self.meta.parent().expect("a record is in tmp/"))?;
+        }
+        Ok(())
+    }
+
+    /// Makes a download that `received_unhashed` found durable and whole:
+    /// fsyncs its file (bytes of this boot may be in the page cache only),
+    /// then records `meta`, which names the hash. Blocking.
+    pub fn seal(&self, meta: &PartialMeta) -> Result<(), StoreError> {
+        // Writable: some systems fsync only files opened for writing.
+        let file = OpenOptions::new().write(true).open(&self.data);
+        let file = file.map_err(at("cannot reopen", &self.data))?;
+        file.sync_data().map_err(at("cannot fsync", &self.data))?;
+        self.checkpoint(meta)
     }
 
     /// Forgets the download: the next attempt starts from zero.
@@ -301,6 +419,10 @@ impl Partial {
 }
 
 fn read_meta(path: &Path) -> Option<PartialMeta> {
+    read_record(path).map(|record| record.meta)
+}
+
+fn read_record(path: &Path) -> Option<Record> {
     serde_json::from_slice(&fs::read(path).ok()?).ok()
 }
 
@@ -320,23 +442,105 @@ mod tests {
         }
     }
 
+    /// A boot that is not the running one: what a reboot leaves behind.
+    const EARLIER_BOOT: Option<&str> = Some("00000000-0000-0000-0000-000000000000");
+
     #[test]
-    fn a_partial_resumes_from_its_durable_bytes_only() {
+    fn after_a_reboot_a_partial_resumes_from_its_durable_bytes_only() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let partial = store.partial(Kind::Video, "v1");
         assert!(partial.resume_point().is_none(), "nothing yet");
         let mut file = partial.begin(&meta(100, 0)).unwrap();
         file.write_all(&[7; 60]).unwrap();
+        partial.write_record(&meta(100, 0), EARLIER_BOOT, Fsync::Nothing).unwrap();
         assert!(partial.resume_point().is_none(), "written but not yet durable");
-        partial.checkpoint(&meta(100, 40)).unwrap();
+        partial.write_record(&meta(100, 40), EARLIER_BOOT, Fsync::RecordAndFolder).unwrap();
         let (found, offset) = partial.resume_point().unwrap();
         assert_eq!((found.length, offset), (Some(100), 40));
-        let reopened = partial.reopen(offset).unwrap();
+        let reopened = partial.reopen(&found, offset).unwrap();
         assert_eq!(reopened.metadata().unwrap().len(), 40);
         // The same request finds the same files; another does not.
         assert_eq!(store.partial(Kind::Video, "v1").data_path(), partial.data_path());
         assert_ne!(store.partial(Kind::Image, "v1").data_path(), partial.data_path());
+    }
+
+    #[test]
+    fn what_a_resume_keeps_depends_on_the_boot_that_wrote_the_record() {
+        let record =
+            |boot: Option<&str>| Record { meta: meta(100, 40), boot_id: boot.map(str::to_owned) };
+        let this = Some("8d1e3c52-6a4f-4b7e-9f2d-0c5b7a9e1f33");
+        // The same boot: a kill spared the page cache, so the whole file.
+        assert_eq!(kept_bytes(&record(this), 70, this), 70);
+        assert_eq!(kept_bytes(&record(this), 30, this), 30, "below durable too");
+        assert_eq!(kept_bytes(&record(this), 100, this), 100, "whole");
+        // Another boot: a crash may have come between; what was fsynced.
+        assert_eq!(kept_bytes(&record(EARLIER_BOOT), 70, this), 40);
+        assert_eq!(kept_bytes(&record(EARLIER_BOOT), 30, this), 30, "never past the end");
+        // The boot unreadable now or then (not Linux, or an older record):
+        // what was fsynced, even if both are unknown alike.
+        assert_eq!(kept_bytes(&record(this), 70, None), 40);
+        assert_eq!(kept_bytes(&record(None), 70, this), 40);
+        assert_eq!(kept_bytes(&record(None), 70, None), 40);
+        // Longer than the download it records: nothing of it.
+        assert_eq!(kept_bytes(&record(this), 101, this), 0);
+        assert_eq!(kept_bytes(&record(EARLIER_BOOT), 101, this), 0);
+    }
+
+    #[test]
+    fn under_the_same_boot_a_partial_resumes_from_its_whole_length() {
+        if disk::boot_id().is_none() {
+            return; // Not Linux: the durable bytes only, as tested above.
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let partial = store.partial(Kind::Video, "v1");
+        let mut file = partial.begin(&meta(100, 0)).unwrap();
+        file.write_all(&[7; 60]).unwrap();
+        let (_, offset) = partial.resume_point().expect("written under this boot");
+        assert_eq!(offset, 60, "nothing fsynced, yet all of it is kept");
+        assert!(partial.received_unhashed().is_none(), "not whole yet");
+        file.write_all(&[7; 40]).unwrap();
+        assert!(partial.resume_point().is_none(), "nothing left to ask for");
+        assert_eq!(partial.received_unhashed(), Some(meta(100, 0)), "only hashing left");
+        file.write_all(&[7]).unwrap();
+        assert!(partial.resume_point().is_none(), "longer than the download");
+        assert!(partial.received_unhashed().is_none());
+    }
+
+    #[test]
+    fn a_record_durable_to_its_length_without_a_hash_needs_only_hashing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let partial = store.partial(Kind::Video, "v1");
+        partial.begin(&meta(100, 0)).unwrap().write_all(&[7; 100]).unwrap();
+        // What an idle checkpoint after the last byte used to leave.
+        partial.write_record(&meta(100, 100), EARLIER_BOOT, Fsync::RecordAndFolder).unwrap();
+        assert!(partial.resume_point().is_none());
+        assert_eq!(partial.received_unhashed(), Some(meta(100, 100)));
+        let hashed = PartialMeta { sha256: Some("ab".repeat(32)), ..meta(100, 100) };
+        partial.seal(&hashed).unwrap();
+        assert_eq!(partial.finished(), Some(hashed));
+        assert!(partial.received_unhashed().is_none(), "hashed now");
+    }
+
+    #[test]
+    fn records_name_their_boot_and_older_records_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let partial = store.partial(Kind::Video, "v1");
+        partial.begin(&meta(100, 0)).unwrap().write_all(&[7; 60]).unwrap();
+        partial.checkpoint(&meta(100, 60)).unwrap();
+        let text: serde_json::Value =
+            serde_json::from_slice(&fs::read(partial.record_path()).unwrap()).unwrap();
+        assert_eq!(text["boot_id"].as_str(), disk::boot_id());
+        assert_eq!(text["durable"], 60, "the download's fields stay at the top");
+        assert!(!partial.record_path().with_extension("json.new").exists(), "renamed");
+        // A record from before boots were recorded: the durable bytes only.
+        let old = r#"{"etag":"\"e1\"","last_modified":null,"length":100,"durable":20}"#;
+        fs::write(partial.record_path(), old).unwrap();
+        let (found, offset) = partial.resume_point().unwrap();
+        assert_eq!((found, offset), (meta(100, 20), 20));
     }
 
     #[test]
