@@ -111,22 +111,29 @@ fn classify_storage(error: &FetchError) -> Decision {
     }
 }
 
+/// Added to a wait the server gives as a moment (an HTTP-date, a Unix time)
+/// rather than as seconds: our clock and the server's disagree a little, and
+/// an answer is read a moment after the server wrote it, so waiting for the
+/// exact instant could call just before the window opens and earn a 429.
+pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_millis(250);
+
 /// How long the server asks us to wait, from `Retry-After` (delta-seconds or
 /// an HTTP-date) or else `X-RateLimit-Reset` (Unix time).
 pub fn server_wait(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let text = |name| headers.get(name).and_then(|value| value.to_str().ok());
+    let until = |when: SystemTime| when.duration_since(now).unwrap_or_default();
     if let Some(value) = text(RETRY_AFTER.as_str()) {
         let value = value.trim();
         if let Ok(seconds) = value.parse::<u64>() {
             return Some(Duration::from_secs(seconds));
         }
         if let Some(when) = parse_http_date(value) {
-            return Some(when.duration_since(now).unwrap_or_default());
+            return Some(until(when + CLOCK_SKEW_ALLOWANCE));
         }
     }
     let reset: u64 = text("x-ratelimit-reset")?.trim().parse().ok()?;
     let when = SystemTime::UNIX_EPOCH + Duration::from_secs(reset);
-    Some(when.duration_since(now).unwrap_or_default())
+    Some(until(when + CLOCK_SKEW_ALLOWANCE))
 }
 
 fn parse_http_date(value: &str) -> Option<SystemTime> {
@@ -352,9 +359,10 @@ mod tests {
         assert_eq!(server_wait(&seconds, now), Some(Duration::from_secs(12)));
         // 784111777 is Sun, 06 Nov 1994 08:49:37 GMT.
         let date = headers(&[("retry-after", "Sun, 06 Nov 1994 08:49:37 GMT")]);
-        assert_eq!(server_wait(&date, now), Some(Duration::from_secs(7)));
+        let skew = CLOCK_SKEW_ALLOWANCE;
+        assert_eq!(server_wait(&date, now), Some(Duration::from_secs(7) + skew));
         let reset = headers(&[("x-ratelimit-reset", "784111790")]);
-        assert_eq!(server_wait(&reset, now), Some(Duration::from_secs(20)));
+        assert_eq!(server_wait(&reset, now), Some(Duration::from_secs(20) + skew));
         let past = headers(&[("x-ratelimit-reset", "784111000")]);
         assert_eq!(server_wait(&past, now), Some(Duration::ZERO));
         let garbage = headers(&[("retry-after", "soon")]);
