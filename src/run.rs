@@ -438,12 +438,15 @@ impl RowResult {
 async fn fetch_row(context: &Context, row: &Row) -> RowResult {
     let seed = context.jitter_seed ^ row.line;
     let mut budget = RetryBudget::new(context.retry.clone(), seed);
-    if let Some(result) = recover_finished(context, row).await {
-        return result;
-    }
     let mut lease = None;
     let mut api_calls = 0;
     loop {
+        // Before every try: an earlier run, or a try of this one cut off
+        // after its last byte, may have left the file whole already.
+        let tries_made = budget.attempt() - 1;
+        if let Some(result) = recover_finished(context, row, tries_made, api_calls).await {
+            return result;
+        }
         let error = match try_once(context, row, &mut lease, &mut api_calls).await {
             Ok(fetched) => {
                 let attempts = budget.attempt();
@@ -517,8 +520,14 @@ async fn fetch_row(context: &Context, row: &Row) -> RowResult {
     }
 }
 
-/// A row an earlier run received whole but did not journal: no request.
-async fn recover_finished(context: &Context, row: &Row) -> Option<RowResult> {
+/// A row received whole (by an earlier run or try) but not journaled or
+/// not stored: finished from its partial file, with no request.
+async fn recover_finished(
+    context: &Context,
+    row: &Row,
+    attempts: u32,
+    api_calls: u32,
+) -> Option<RowResult> {
     let (kind, id) = (row.kind, row.requested_id());
     let fetched = match context.storage.recover(&context.store, kind, id).await {
         Ok(found) => found?,
@@ -528,10 +537,10 @@ async fn recover_finished(context: &Context, row: &Row) -> Option<RowResult> {
             return Some(RowResult { finished: false, ..RowResult::unfinished(context) });
         }
     };
-    info!("finished from a download an earlier run received whole");
+    info!("finished from a download received whole before, with no request");
     let (status, error) = check_expected_hash(row, &fetched);
     let fetched = Some(fetched);
-    Some(RowResult { status, fetched, attempts: 0, api_calls: 0, error, finished: true })
+    Some(RowResult { status, fetched, attempts, api_calls, error, finished: true })
 }
 
 /// A download whose hash is not the one the manifest names is kept (it is
