@@ -291,15 +291,36 @@ fn report_rows_latest(out: &Path) -> Vec<std::collections::HashMap<String, Strin
     read_rows(&latest_run(out))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_lets_downloads_go_for_the_grace_then_exits_4_resumably() {
+/// A simulator whose 1 MiB video `stuck` stalls after 300,000 bytes, and a
+/// manifest of that video followed by `later` images.
+async fn stalled_video_then_images(later: usize) -> (Simulator, tempfile::TempDir, PathBuf) {
     let mut config = SimConfig::default();
     config.sizes.insert("stuck".into(), 1 << 20);
     config.faults.insert("stuck".into(), vec![Fault::StorageStallAfter(300_000)]);
     let sim = unlimited(config).await;
     let dir = tempfile::tempdir().unwrap();
-    let rows: String = (0..30).map(|n| format!("image,later-{n}\n")).collect();
+    let rows: String = (0..later).map(|n| format!("image,later-{n}\n")).collect();
     let path = manifest(dir.path(), &format!("type,identifier\nvideo,stuck\n{rows}"));
+    (sim, dir, path)
+}
+
+/// Reruns the manifest (the stall was a one-off) and checks that the cut-off
+/// video was continued from its 300,000 bytes rather than started over.
+async fn rerun_continues_the_stalled_video(sim: &Simulator, path: &Path, out: &Path) {
+    let before = sim.received().len();
+    let seen = run_against(sim, path, out, &[]).await;
+    assert_eq!(seen.code, 0, "{}", seen.stderr);
+    let log = &sim.received()[before..];
+    let storage: Vec<&Received> =
+        requests_for(log, "stuck").filter(|r| r.endpoint == Endpoint::Storage).collect();
+    assert_eq!(storage.len(), 1, "{storage:?}");
+    assert_eq!(storage[0].header("range"), Some("bytes=300000-"));
+    assert_eq!(storage[0].status, Some(206));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_downloads_go_for_the_grace_then_exits_4_resumably() {
+    let (sim, dir, path) = stalled_video_then_images(30).await;
     let out = dir.path().join("out");
     // One download slot, slow API: the stuck download blocks the rest.
     let child =
@@ -316,28 +337,13 @@ async fn sigterm_lets_downloads_go_for_the_grace_then_exits_4_resumably() {
     assert!(rows[0]["error"].contains("not finished"), "{:?}", rows[0]);
     assert!(files_under(&out.join("tmp")).len() == 2, "the partial file and its record stay");
 
-    let before = sim.received().len();
-    let seen = run_against(&sim, &path, &out, &[]).await;
-    assert_eq!(seen.code, 0, "{}", seen.stderr);
+    rerun_continues_the_stalled_video(&sim, &path, &out).await;
     assert_store_is_clean(&out);
-    // The rerun continued the cut-off file rather than starting it over.
-    let log = &sim.received()[before..];
-    let storage: Vec<&Received> =
-        requests_for(log, "stuck").filter(|r| r.endpoint == Endpoint::Storage).collect();
-    assert_eq!(storage.len(), 1, "{storage:?}");
-    assert_eq!(storage[0].header("range"), Some("bytes=300000-"));
-    assert_eq!(storage[0].status, Some(206));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deadline_stops_a_stalled_run_with_4_and_a_rerun_resumes_it() {
-    let mut config = SimConfig::default();
-    config.sizes.insert("stuck".into(), 1 << 20);
-    config.faults.insert("stuck".into(), vec![Fault::StorageStallAfter(300_000)]);
-    let sim = unlimited(config).await;
-    let dir = tempfile::tempdir().unwrap();
-    let rows: String = (0..3).map(|n| format!("image,later-{n}\n")).collect();
-    let path = manifest(dir.path(), &format!("type,identifier\nvideo,stuck\n{rows}"));
+    let (sim, dir, path) = stalled_video_then_images(3).await;
     let out = dir.path().join("out");
     // One download slot: the stalled download keeps the other rows waiting.
     let options = ["--deadline", "1s", "--grace", "1s", "--concurrency", "1"];
@@ -357,15 +363,7 @@ async fn the_deadline_stops_a_stalled_run_with_4_and_a_rerun_resumes_it() {
     }
     assert_eq!(files_under(&out.join("tmp")).len(), 2, "the partial file and its record stay");
 
-    let before = sim.received().len();
-    let seen = run_against(&sim, &path, &out, &[]).await;
-    assert_eq!(seen.code, 0, "{}", seen.stderr);
-    let log = &sim.received()[before..];
-    let storage: Vec<&Received> =
-        requests_for(log, "stuck").filter(|r| r.endpoint == Endpoint::Storage).collect();
-    assert_eq!(storage.len(), 1, "{storage:?}");
-    assert_eq!(storage[0].header("range"), Some("bytes=300000-"));
-    assert_eq!(storage[0].status, Some(206));
+    rerun_continues_the_stalled_video(&sim, &path, &out).await;
     let report = report_rows_latest(&out);
     assert!(report.iter().all(|r| r["status"] == "ok"), "{report:?}");
     assert_eq!(report[0]["sha256"], sim.expected_sha256(FileType::Video, "stuck"));
