@@ -109,7 +109,8 @@ pub enum RunError {
     Http(#[source] reqwest::Error),
 }
 
-/// After a full disk, how much space is left where the write failed.
+/// After a full disk, how much space is left where the write failed; any
+/// other error says nothing more.
 fn space_note(error: &std::io::Error, path: &Path) -> String {
     match error.kind() {
         std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
@@ -808,8 +809,8 @@ impl Context {
 
     fn stop_for_journal(&self, error: &std::io::Error) {
         let path = self.journal.path();
-        let free = crate::disk::free_space_text(path);
-        let reason = format!("cannot write the journal {}: {error}; {free}", path.display());
+        let note = space_note(error, path);
+        let reason = format!("cannot write the journal {}: {error}{note}", path.display());
         self.shutdown.stop_now(StopCause::Fatal(reason));
     }
 
